@@ -1,0 +1,5 @@
+"""initrd-composer: one rescue initrd with every driver and a probing Python /init.
+
+This package is imported inside the image too (by initrd_composer.boot), so it
+must stay free of imports: the host side lives in its submodules.
+"""

@@ -1,0 +1,78 @@
+"""Write an output file all-or-nothing: a temp file beside it, renamed over it on success.
+
+A half-written initrd that boots into a kernel panic is worse than none, so readers of
+`path` only ever see the old file or the complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from initrd_composer.errors import ComposeError
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _as_compose_error(path: Path, exc: OSError) -> ComposeError:
+    if exc.errno in _NO_SPACE:
+        return ComposeError(
+            f"no space left on device writing {path}",
+            f"free space on the filesystem of {path.parent} or choose another -o",
+        )
+    if exc.errno == errno.ENOENT and not path.parent.is_dir():
+        return ComposeError(
+            f"cannot write {path}: directory {path.parent} does not exist",
+            "create it first or choose another -o",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ComposeError(
+            f"cannot write {path}: {exc.strerror}",
+            "choose a writable directory with -o, or run with enough privileges",
+        )
+    return ComposeError(f"cannot write {path}: {exc.strerror}", "choose another -o")
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename durable; some filesystems refuse fsync on a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Yield a binary file that becomes `path` (with `mode`) only if the block succeeds.
+
+    On any exception the temp file is removed and an existing `path` is left untouched.
+    OSErrors, whether from opening, from the caller's writes or from finishing, become
+    ComposeError naming `path` (ENOSPC: "no space left on device writing PATH").
+    """
+    path = Path(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _as_compose_error(path, exc) from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fchmod(out.fileno(), mode)
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise _as_compose_error(path, exc) from exc
+        raise
+    _fsync_dir(path.parent)

@@ -1,0 +1,127 @@
+"""Driver classes by where a module lives in the kernel tree.
+
+The tree is the kernel's own taxonomy, so classes follow it: a module's path in
+modules.dep decides its class. Rules are checked in order; exact files first,
+so `st.ko` is a tape driver although it sits in drivers/scsi.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from module_db.index_files import DepEntry
+
+# (class, path prefix under kernel/ or exact module file name). First match wins.
+CLASS_RULES: tuple[tuple[str, str], ...] = (
+    # Tape drives, changers and the generic SCSI node tape tools (mtx, sg_*) use.
+    ("tape", "drivers/scsi/st.ko"),
+    ("tape", "drivers/scsi/ch.ko"),
+    ("tape", "drivers/scsi/sg.ko"),
+    ("tape", "drivers/scsi/osst.ko"),
+    # Wired network: NIC drivers, USB NICs, virtual NICs, PHY/MDIO/PCS glue.
+    ("nic", "drivers/net/ethernet/"),
+    ("nic", "drivers/net/usb/"),
+    ("nic", "drivers/net/phy/"),
+    ("nic", "drivers/net/mdio/"),
+    ("nic", "drivers/net/pcs/"),
+    ("nic", "drivers/net/hyperv/"),
+    ("nic", "drivers/net/vmxnet3/"),
+    ("nic", "drivers/net/fddi/"),
+    ("nic", "drivers/net/virtio_net.ko"),
+    ("nic", "drivers/net/xen-netfront.ko"),
+    ("nic", "drivers/net/mii.ko"),
+    ("nic", "drivers/net/mdio.ko"),
+    ("nic", "drivers/net/net_failover.ko"),
+    # Storage: disks, HBAs, RAID/LVM, flash, USB mass storage, paravirtual.
+    ("storage", "drivers/ata/"),
+    ("storage", "drivers/scsi/"),
+    ("storage", "drivers/message/fusion/"),
+    ("storage", "drivers/nvme/host/"),
+    ("storage", "drivers/nvme/common/"),
+    ("storage", "drivers/block/"),
+    ("storage", "drivers/md/"),
+    ("storage", "drivers/mmc/"),
+    ("storage", "drivers/memstick/"),
+    ("storage", "drivers/ufs/"),
+    ("storage", "drivers/cdrom/"),
+    ("storage", "drivers/usb/storage/"),
+    ("storage", "drivers/firewire/"),
+    ("storage", "drivers/nvdimm/"),
+    ("storage", "drivers/pci/controller/"),  # vmd: NVMe behind Intel VMD
+    # Paravirtual buses the storage and NIC front-ends sit on.
+    ("virt", "drivers/virtio/"),
+    ("virt", "drivers/hv/"),
+    ("virt", "drivers/xen/"),
+    ("virt", "drivers/vdpa/"),
+    # USB host controllers; HID and keyboards for interactive restores.
+    ("usb-host", "drivers/usb/host/"),
+    ("usb-host", "drivers/usb/core/"),
+    ("usb-host", "drivers/usb/common/"),
+    ("usb-host", "drivers/usb/misc/"),
+    ("usb-host", "drivers/usb/typec/"),
+    ("usb-host", "drivers/usb/phy/"),
+    ("hid", "drivers/hid/"),
+    ("hid", "drivers/input/keyboard/"),
+    ("hid", "drivers/input/serio/"),
+    # Buses and glue a laptop keyboard or an SoC's disk controller sits behind.
+    ("platform", "drivers/i2c/busses/"),
+    ("platform", "drivers/i2c/muxes/"),
+    ("platform", "drivers/mfd/"),
+    ("platform", "drivers/pinctrl/"),
+    ("platform", "drivers/gpio/"),
+    ("platform", "drivers/spi/"),
+    ("platform", "drivers/bus/"),
+    ("platform", "drivers/phy/"),
+    ("platform", "drivers/dma/"),
+    # Filesystems a restore reads or writes, and what NFS needs.
+    ("fs", "fs/isofs/"),
+    ("fs", "fs/udf/"),
+    ("fs", "fs/nfs/"),
+    ("fs", "fs/nfs_common/"),
+    ("fs", "fs/lockd/"),
+    ("fs", "fs/ext4/"),
+    ("fs", "fs/jbd2/"),
+    ("fs", "fs/xfs/"),
+    ("fs", "fs/btrfs/"),
+    ("fs", "fs/fat/"),
+    ("fs", "fs/exfat/"),
+    ("fs", "fs/ntfs3/"),
+    ("fs", "fs/squashfs/"),
+    ("fs", "fs/overlayfs/"),
+    ("fs", "fs/f2fs/"),
+    ("fs", "fs/jfs/"),
+    ("fs", "fs/reiserfs/"),
+    ("fs", "fs/nls/"),
+    ("fs", "fs/fuse/"),
+    ("fs", "net/sunrpc/"),
+    ("fs", "fs/efivarfs/"),
+)
+
+ALL_CLASSES: tuple[str, ...] = tuple(dict.fromkeys(c for c, _ in CLASS_RULES))
+
+
+def class_of_path(path: str) -> str | None:
+    """Class of a module by its modules.dep path ('kernel/drivers/ata/ahci.ko.xz')."""
+    rel = path[len("kernel/") :] if path.startswith("kernel/") else path
+    for cls, rule in CLASS_RULES:
+        if rule.endswith("/"):
+            if rel.startswith(rule):
+                return cls
+        elif rel == rule or rel.startswith(rule + "."):  # .ko.xz, .ko.zst, .ko.gz
+            return cls
+    return None
+
+
+def classify(deps: Mapping[str, DepEntry]) -> dict[str, str]:
+    """module name -> class, for every module that has one."""
+    out: dict[str, str] = {}
+    for name, entry in deps.items():
+        cls = class_of_path(entry.path)
+        if cls is not None:
+            out[name] = cls
+    return out
+
+
+def modules_of_classes(classes: Mapping[str, str], wanted: Iterable[str]) -> list[str]:
+    want = set(wanted)
+    return sorted(name for name, cls in classes.items() if cls in want)
