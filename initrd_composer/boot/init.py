@@ -1,1 +1,98 @@
-"""Placeholder replaced below."""
+"""/init: the boot side's entry point (PID 1)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from initrd_composer.boot import early
+from initrd_composer.boot.cmdline import BootConfig, parse_cmdline
+from initrd_composer.boot.console import emit, log, uptime
+from initrd_composer.boot.emergency import emergency, power, run_shell
+from module_db.contract import MANIFEST_PATH, ImageManifest
+
+FAIL_ENV = "INITRD_COMPOSER_FAIL"  # test hook, set by the `initrd_composer.fail=STAGE` parameter
+
+
+def _read_cmdline() -> str:
+    try:
+        with open("/proc/cmdline") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _fail_point(cmdline: str, stage: str) -> None:
+    """Tests make a stage fail on purpose with initrd_composer.fail=STAGE."""
+    if f"initrd_composer.fail={stage}" in cmdline.split():
+        raise RuntimeError(f"failure requested on the kernel command line in stage {stage}")
+
+
+def load_manifest(root: str = "/") -> ImageManifest:
+    with open(os.path.join(root, MANIFEST_PATH)) as f:
+        return ImageManifest.from_json(f.read())
+
+
+def probe(cfg: BootConfig, cmdline: str, t_start: float) -> dict[str, Any]:
+    import pyudev  # noqa: PLC0415 - after /sys is mounted
+
+    from initrd_composer.boot.coldplug import Prober  # noqa: PLC0415
+    from initrd_composer.boot.hwreport import build_report, publish  # noqa: PLC0415
+    from initrd_composer.boot.modload import ModuleLoader  # noqa: PLC0415
+    from module_db.alias_match import AliasIndex  # noqa: PLC0415
+
+    manifest = load_manifest()
+    km = manifest.kernel_modules()
+    release = os.uname().release
+    if release != manifest.kernel:
+        log(f"running kernel {release} but the image carries modules for {manifest.kernel}", 3)
+    _fail_point(cmdline, "probe")
+    loader = ModuleLoader(km, f"/lib/modules/{manifest.kernel}", deny=cfg.denymods)
+    settle = float(manifest.boot.get("settle_ms", 500)) / 1000
+    prober = Prober(loader, AliasIndex(manifest.aliases), AliasIndex(manifest.builtin_aliases), settle)
+    context = pyudev.Context()
+    state = prober.run(context, force=cfg.forcemods)
+    timings = {"init_start": t_start, "probe_end": uptime()}
+    report = build_report(context, state, loader.result, timings, set(manifest.builtin))
+    for mod, why in sorted(loader.result.failed.items()):
+        log(f"module {mod}: {why}", 4)
+    emit(publish(report))
+    return report
+
+
+def run_stages(cmdline: str, t_start: float) -> None:
+    cfg = parse_cmdline(cmdline)
+    for word in cfg.unknown:
+        log(f"ignoring unknown kernel parameter {word!r}")
+    for problem in cfg.problems:
+        log(f"kernel parameter {problem}", 4)
+    early.set_modprobe_helper()
+    _fail_point(cmdline, "early")
+    report = probe(cfg, cmdline, t_start)
+    log(f"probe done: {len(report['netdevs'])} network, {len(report['blockdevs'])} block devices, "
+        f"{len(report['missing'])} devices without a driver, {report['timings']['probe_end']:.2f} s uptime")
+    if cfg.mode == "probe":
+        power("power off")
+        return
+    mode = cfg.mode or "expert"
+    if mode != "expert":
+        log(f"mode {mode}: this image has no restore stage yet; starting the expert shell")
+    run_shell("expert mode")
+
+
+def main() -> None:
+    t_start = uptime()
+    try:
+        early.base_environment()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-Alt-Del etc. must not kill PID 1
+        problems = early.mount_pseudo_filesystems()
+        t_start = uptime()
+        log(f"init started at {t_start:.2f} s uptime")
+        for problem in problems:
+            log(problem, 4)
+        cmdline = _read_cmdline()
+        run_stages(cmdline, t_start)
+        emergency(None, "the boot stages returned")
+    except BaseException as exc:  # PID 1 must never die
+        emergency(exc, f"{type(exc).__name__}: {exc}")

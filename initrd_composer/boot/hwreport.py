@@ -1,0 +1,117 @@
+"""The `hwreport:` line: what this image found and drives on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from initrd_composer.boot.coldplug import ProbeState
+from initrd_composer.boot.modload import LoadResult
+
+HWREPORT_PATH = "/run/initrd-composer/hwreport.json"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _driver_of(sys_device: str) -> str:
+    link = os.path.join(sys_device, "driver")
+    return os.path.basename(os.readlink(link)) if os.path.islink(link) else ""
+
+
+def _parent_driver(sys_device: str) -> str:
+    """The nearest driver at or above a device (a disk's is sd/sr/virtio_blk/nvme)."""
+    path = os.path.realpath(sys_device)
+    while path.startswith("/sys/devices") and path != "/sys/devices":
+        drv = _driver_of(path)
+        if drv:
+            return drv
+        path = os.path.dirname(path)
+    return ""
+
+
+def devices(context: Any, state: ProbeState) -> list[dict[str, Any]]:
+    out = []
+    for dev in context.list_devices():
+        modalias = dev.properties.get("MODALIAS", "")
+        if not modalias:
+            continue
+        out.append({
+            "syspath": dev.sys_path,
+            "subsystem": dev.subsystem or "",
+            "modalias": modalias,
+            "driver": dev.driver or "",
+            "modules": list(state.matches.get(modalias, ())),
+        })
+    return out
+
+
+def netdevs(sys_root: str = "/sys") -> list[dict[str, str]]:
+    base = f"{sys_root}/class/net"
+    out = []
+    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        if name == "lo":
+            continue
+        dev = f"{base}/{name}/device"
+        out.append({
+            "name": name,
+            "mac": _read(f"{base}/{name}/address"),
+            "driver": _parent_driver(dev) if os.path.exists(dev) else "",
+        })
+    return out
+
+
+def blockdevs(sys_root: str = "/sys") -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    base = f"{sys_root}/class/block"
+    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        entry = f"{base}/{name}"
+        if os.path.exists(f"{entry}/partition") or name.startswith(("loop", "ram", "zram")):
+            continue
+        dev = f"{entry}/device"
+        scsi_type = _read(f"{dev}/type")
+        kind = "cdrom" if scsi_type == "5" or name.startswith("sr") else "disk"
+        size = int(_read(f"{entry}/size") or 0) * 512
+        out.append({"name": name, "driver": _parent_driver(dev) if os.path.exists(dev) else "",
+                    "size_bytes": size, "type": kind})
+    tape = f"{sys_root}/class/scsi_tape"
+    for name in sorted(os.listdir(tape)) if os.path.isdir(tape) else []:
+        if name.startswith("st") and name[2:].isdigit():
+            out.append({"name": name, "driver": _parent_driver(f"{tape}/{name}/device"),
+                        "size_bytes": 0, "type": "tape"})
+    return out
+
+
+def build_report(
+    context: Any, state: ProbeState, loads: LoadResult, timings: dict[str, float], builtin: set[str]
+) -> dict[str, Any]:
+    devs = devices(context, state)
+    missing = sorted({d["modalias"] for d in devs if not d["modules"] and not d["driver"]})
+    return {
+        "devices": devs,
+        "netdevs": netdevs(),
+        "blockdevs": blockdevs(),
+        "missing": missing,
+        "loaded": loads.loaded,
+        "failed": loads.failed,
+        "denied": loads.denied,
+        "timings": timings,
+    }
+
+
+def publish(report: dict[str, Any]) -> str:
+    """Save the report under /run for later stages; return the console line."""
+    text = json.dumps(report, sort_keys=True, separators=(",", ":"))
+    try:
+        os.makedirs(os.path.dirname(HWREPORT_PATH), exist_ok=True)
+        with open(HWREPORT_PATH, "w") as f:
+            f.write(text + "\n")
+    except OSError:
+        pass
+    return "hwreport: " + text
