@@ -48,6 +48,18 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def check_output_dir(path: Path) -> None:
+    """Fail before a long build, not after it, when `path` cannot be written:
+    create and remove a scratch file beside it (the rename target's filesystem)."""
+    path = Path(path)
+    try:
+        fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=path.parent or ".")
+    except OSError as exc:
+        raise _as_compose_error(path, exc) from None
+    os.close(fd)
+    os.unlink(scratch)
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes `path` (with `mode`) only if the block succeeds.

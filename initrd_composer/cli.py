@@ -49,6 +49,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
                    help="look for firmware here instead of ROOT/lib/firmware (repeatable)")
     p.add_argument("--no-microcode", action="store_true", help="no early microcode segment")
     p.add_argument("--no-cache", action="store_true", help="do not use or fill the on-disk cache")
+    p.add_argument("--keep-icu-data", action="store_true",
+                   help="pack ICU's whole data library instead of the converter alias table only")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -100,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ComposeError as exc:
         if debug:
             traceback.print_exc()
-        _error(exc.message, exc.hint)
+        _error(exc.message, exc.hint or "rerun with --debug for details")
         return 1
     except ModuleDbError as exc:
         if debug:

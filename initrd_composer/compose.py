@@ -6,6 +6,7 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from initrd_composer.microcode import microcode_segment
 from initrd_composer.module_files import ModinfoCache, default_cache_dir
 from initrd_composer.module_plan import DEFAULT_CLASSES, ModulePlan, plan_modules
 from initrd_composer.python_runtime import DEFAULT_BOOT_PACKAGES, DEFAULT_PYTHON, plan_python_runtime
-from initrd_composer.tools_runtime import plan_tools_runtime
+from initrd_composer.tools_runtime import ToolsRuntime, plan_tools_runtime
 from module_db.contract import MANIFEST_PATH, ImageManifest
 from module_db.errors import ModuleDbError
 from module_db.kernel_modules import KernelModules
@@ -114,9 +115,14 @@ def plan_image(opts: BuildOptions) -> ImagePlan:
         add=opts.add_modules,
         omit=opts.omit_modules,
     )
-    cache = ModinfoCache(None if opts.cache_dir is None else opts.cache_dir / "modinfo.json")
-    packed = pack_modules(plan, km, loc.moddir, cache, opts.keep_compressed_modules)
-    cache.save()
+    # The runtime planning mostly waits on the target interpreter (import analysis,
+    # bytecode): let it run while this thread reads module files.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        runtime = pool.submit(_plan_runtime, opts)
+        cache = ModinfoCache(None if opts.cache_dir is None else opts.cache_dir / "modinfo.json")
+        packed = pack_modules(plan, km, loc.moddir, cache, opts.keep_compressed_modules)
+        cache.save()
+        tools, python = runtime.result()
     dirs = list(opts.firmware_dirs) if opts.firmware_dirs else firmware_search_dirs(opts.root, km.version)
     firmware = plan_firmware(packed.firmware_wanted, dirs)
     boot = {"settle_ms": 500, **dict(opts.boot_defaults)}
@@ -127,10 +133,6 @@ def plan_image(opts: BuildOptions) -> ImagePlan:
         firmware_present=firmware.present,
         firmware_missing=firmware.missing,
         boot=boot,
-    )
-    tools = plan_tools_runtime(root=opts.root)
-    python = plan_python_runtime(
-        DEFAULT_BOOT_PACKAGES, opts.python, opts.root, cache_covers=tools.entries, cache_dir=opts.cache_dir
     )
     python_path = RootFS(opts.root).resolve(str(opts.python)).path
     entries = canonical_paths([
@@ -162,6 +164,14 @@ def plan_image(opts: BuildOptions) -> ImagePlan:
         epoch=epoch,
         module_bytes=packed.bytes_total,
     )
+
+
+def _plan_runtime(opts: BuildOptions) -> tuple[ToolsRuntime, list[Entry]]:
+    tools = plan_tools_runtime(root=opts.root)
+    python = plan_python_runtime(
+        DEFAULT_BOOT_PACKAGES, opts.python, opts.root, cache_covers=tools.entries, cache_dir=opts.cache_dir
+    )
+    return tools, python
 
 
 def _trim_icu(entry: Entry) -> Entry:

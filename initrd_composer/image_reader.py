@@ -202,7 +202,7 @@ def open_image(image: Path) -> InitrdImage:
     try:
         data = image.read_bytes()
     except OSError as exc:
-        raise ComposeError(f"cannot read {image}: {exc.strerror}") from exc
+        raise ComposeError(f"cannot read {image}: {exc.strerror}", "check the path of the image") from exc
     return parse_image(data, str(image))
 
 

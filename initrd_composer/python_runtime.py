@@ -33,6 +33,7 @@ from initrd_composer.elf_closure import (
 from initrd_composer.errors import ComposeError
 from initrd_composer.image_entries import Entry, data_entry, file_entry
 from initrd_composer.ldcache import build_ld_so_cache
+from initrd_composer.module_files import default_cache_dir
 from initrd_composer.runner import run
 
 BOOT_PYTHON_DIR = "/usr/lib/initrd-composer/python"
@@ -121,11 +122,6 @@ class PackageFile:
     relpath: str  # below BOOT_PYTHON_DIR, e.g. "pyudev/core.py"
     module: str | None  # dotted module name for .py files
     package: str  # the import name it was requested under
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "initrd-composer"
 
 
 def find_boot_packages(

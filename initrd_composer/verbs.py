@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
+from initrd_composer.atomic_output import check_output_dir
 from initrd_composer.compose import BuildOptions, build_image, load_kernel, modules_summary, plan_image
 from initrd_composer.errors import ComposeError, UsageError
 from initrd_composer.host_nics import host_nic_modules
@@ -28,6 +30,15 @@ def _warn(message: str) -> None:
 
 
 def build(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        check_output_dir(args.output)
+    if args.no_cache:
+        with tempfile.TemporaryDirectory(prefix="initrd-composer-nocache-") as scratch:
+            return _build(args, Path(scratch))
+    return _build(args, default_cache_dir())
+
+
+def _build(args: argparse.Namespace, cache_dir: Path) -> int:
     opts = BuildOptions(
         output=Path("."),  # replaced below once the kernel version is known
         kernel=args.kernel,
@@ -42,7 +53,8 @@ def build(args: argparse.Namespace) -> int:
         firmware_dirs=tuple(args.firmware_dir) if args.firmware_dir else None,
         microcode=not args.no_microcode,
         sys_root=args.sys_root,
-        cache_dir=None if args.no_cache else default_cache_dir(),
+        cache_dir=cache_dir,
+        keep_icu_data=args.keep_icu_data,
     )
     plan = plan_image(opts)
     output = args.output or Path(f"initrd-{plan.kernel.version}.img")
@@ -117,8 +129,9 @@ def explain(args: argparse.Namespace) -> int:
     cls = class_of_path(path) or "none"
     mod = plan.modules.get(name)
     if mod is None:
-        why = "class nic needs --all-nics (no host NIC uses it)" if cls == "nic" else (
-            "omitted by --omit-modules" if name in _split(args.omit_modules) else
+        omitted = {normalize_name(w) for w in _split(args.omit_modules)}
+        why = "omitted by --omit-modules" if name in omitted else (
+            "class nic needs --all-nics (no host NIC uses it)" if cls == "nic" and not args.all_nics else
             f"class {cls} is not packed and no packed module depends on it")
         print(f"{name}: not packed ({path}): {why}")
         return 0
@@ -139,7 +152,11 @@ def explain(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     image = open_image(args.image)
     source = f"{args.image}:{MANIFEST_PATH}"
-    manifest = ImageManifest.from_json(image.read(MANIFEST_PATH).decode(), source)
+    try:
+        manifest_text = image.read(MANIFEST_PATH).decode()
+    except ComposeError as exc:  # e.g. another tool's initrd
+        raise ComposeError(exc.message, "check reads images built by compose-initrd") from None
+    manifest = ImageManifest.from_json(manifest_text, source)
     try:
         lines = args.modaliases.read_text().splitlines()
     except OSError as exc:

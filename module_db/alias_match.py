@@ -32,21 +32,24 @@ def _bracket_to_regex(pattern: str, start: int) -> tuple[str, int] | None:
         ch = pattern[i]
         if ch == "]" and not first:
             body = "".join(parts)
+            if not body:  # only reversed ranges: nothing matches (negated: anything does)
+                return ("." if negate else "(?!)"), i + 1
             return ("[^" if negate else "[") + body + "]", i + 1
         first = False
-        if ch == "[" and pattern.startswith("[:", i):
-            end = pattern.find(":]", i + 2)
-            if end < 0:
-                return None
+        end = pattern.find(":]", i + 2) if pattern.startswith("[:", i) else -1
+        if end >= 0 and re.fullmatch("[a-z]*", pattern[i + 2 : end]):
             parts.append(_POSIX_CLASSES.get(pattern[i + 2 : end], ""))
             i = end + 2
             continue
+        # else (glibc): no class name follows, so this '[' is an ordinary member
         if ch == "\\" and i + 1 < len(pattern):
             i += 1
             ch = pattern[i]
         if i + 2 < len(pattern) and pattern[i + 1] == "-" and pattern[i + 2] != "]":
-            parts.append(re.escape(ch) + "-" + re.escape(pattern[i + 2]))
-            i += 3
+            end = i + 3 if pattern[i + 2] == "\\" and i + 3 < len(pattern) else i + 2  # escaped end
+            if ch <= pattern[end]:  # glibc: a reversed range matches nothing; re would raise
+                parts.append(re.escape(ch) + "-" + re.escape(pattern[end]))
+            i = end + 1
             continue
         parts.append(re.escape(ch))
         i += 1
@@ -88,6 +91,8 @@ def glob_to_regex(pattern: str) -> str:
         elif ch == "\\" and i + 1 < len(pattern):
             i += 1
             out.append(re.escape(pattern[i]))
+        elif ch == "\\":  # glibc: a trailing backslash makes the pattern match nothing
+            out.append("(?!)")
         else:
             out.append(re.escape(ch))
         i += 1

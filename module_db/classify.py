@@ -32,6 +32,7 @@ CLASS_RULES: tuple[tuple[str, str], ...] = (
     ("nic", "drivers/net/mii.ko"),
     ("nic", "drivers/net/mdio.ko"),
     ("nic", "drivers/net/net_failover.ko"),
+    ("nic", "drivers/net/thunderbolt-net.ko"),  # the NIC of a Thunderbolt dock or cable
     # Storage: disks, HBAs, RAID/LVM, flash, USB mass storage, paravirtual.
     ("storage", "drivers/ata/"),
     ("storage", "drivers/scsi/"),
@@ -73,6 +74,9 @@ CLASS_RULES: tuple[tuple[str, str], ...] = (
     ("platform", "drivers/bus/"),
     ("platform", "drivers/phy/"),
     ("platform", "drivers/dma/"),
+    ("platform", "drivers/thunderbolt/"),  # docks: their NICs and disks sit behind it
+    ("platform", "drivers/base/regmap/"),
+    ("platform", "drivers/video/backlight/"),  # a laptop panel dark without it
     # Filesystems a restore reads or writes, and what NFS needs.
     ("fs", "fs/isofs/"),
     ("fs", "fs/udf/"),

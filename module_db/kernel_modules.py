@@ -83,11 +83,12 @@ class KernelModules:
                 return
             visiting.add(mod)
             soft = self.softdep(mod, kmod_compatible)
+            # libkmod's probe list: hard dependencies first, then pre softdeps, the module, post.
+            for dep in reversed(self.deps[mod].deps):  # modules.dep is transitive, reversed
+                visit(dep)
             for word in soft.pre:
                 for target in self.resolve(word):
                     visit(target)
-            for dep in reversed(self.deps[mod].deps):  # modules.dep is transitive, reversed
-                visit(dep)
             out[mod] = None
             for word in soft.post:
                 for target in self.resolve(word):

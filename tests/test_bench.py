@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from initrd_composer.compression import compress_bytes
+from initrd_composer.cpio_writer import cpio_bytes
 from initrd_composer.errors import ComposeError
+from initrd_composer.image_entries import data_entry, dir_entry
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -41,7 +44,8 @@ CPUINFO = (
 
 
 def _build(key: str, label: str, walls: tuple[float, ...], size: int, modules: dict[str, str]) -> Any:
-    return bench.Build(key, label, f"cmd-{key}", walls, size, "zstd", modules)
+    # content: 3x the image, modules: half the content (round MiB numbers in the table)
+    return bench.Build(key, label, f"cmd-{key}", walls, size, "zstd", modules, 3 * size, 3 * size // 2)
 
 
 OURS = {"e1000": "drivers/net", "ahci": "drivers/ata", "ext4": "fs", "crc32c_generic": "crypto"}
@@ -78,7 +82,8 @@ def _report(*, dracut: bool = True) -> Any:
         load_start=(1.0, 0.5, 0.25),
         load_end=(2.0, 1.0, 0.5),
     )
-    return bench.build_report(KVER, machine, builds)
+    invocation = "scripts/bench" + ("" if dracut else " --skip-dracut")
+    return bench.build_report(KVER, invocation, machine, builds)
 
 
 def test_ratio_and_verdicts() -> None:
@@ -149,8 +154,8 @@ def test_markdown_has_every_section_with_measured_numbers() -> None:
                     "## Driver classes", "## Commands"):  # fmt: skip
         assert f"\n{heading}" in f"\n{text}"
     assert "- CPUs: 2 x Intel(R) Xeon(R) Processor" in text
-    assert "| ours warm | zstd | 3 | 1.90 | 1.80 | 40.0 | 4 |" in text
-    assert "| mkinitramfs MODULES=most | zstd | 3 | 18.00 | 17.00 | 32.0 | 7 |" in text
+    assert "| ours warm | zstd | 3 | 1.90 | 1.80 | 40.0 | 120.0 | 60.0 | 4 |" in text
+    assert "| mkinitramfs MODULES=most | zstd | 3 | 18.00 | 17.00 | 32.0 | 96.0 | 48.0 | 7 |" in text
     assert "| build time (warm cache, median) / mkinitramfs | 0.106 (1/9.5) | 0.125 (1/8.0) | PASS |" in text
     assert "| image size / mkinitramfs | 1.250 | 1.000 | MISS |" in text
     assert "| driver classes mkinitramfs has and we lack | 2 | 0 | MISS |" in text
@@ -183,3 +188,28 @@ def test_report_json_is_serialisable() -> None:
     assert doc["builds"]["mkinitramfs"]["wall_median"] == 18.0
     assert doc["class_comparisons"][0]["missing_classes"] == ["drivers/i2c", "sound"]
     assert doc["targets"][-1]["result"] == "MISS"
+
+
+def test_image_facts_reads_compression_content_and_module_bytes(tmp_path: Path) -> None:
+    entries = [
+        dir_entry("usr"),
+        data_entry("usr/lib/modules/6.1.0-56-amd64/kernel/drivers/net/dummy.ko", b"m" * 300),
+        data_entry("usr/lib/modules/6.1.0-56-amd64/modules.dep", b"d" * 20),
+        data_entry("init", b"i" * 100, mode=0o755),
+    ]
+    image = tmp_path / "tiny.img"
+    image.write_bytes(cpio_bytes([data_entry("kernel/x86/microcode/x.bin", b"u" * 7)], 0)
+                      + compress_bytes(cpio_bytes(entries, 0), "zstd"))  # fmt: skip
+    facts = bench.image_facts(image)
+    assert facts.compression == "none+zstd"
+    assert facts.content_bytes == 300 + 20 + 100 + 7
+    assert facts.module_bytes == 300
+    assert bench.modules_of_listing(facts.paths) == {"dummy": "drivers/net"}
+
+
+def test_report_notes_when_our_builds_differ() -> None:
+    assert not any("tree changed" in n for n in _report().notes)
+    report = _report()
+    builds = [*report.builds[:-1], _build("ours-xz", "ours xz", (30.0,), 28 * 2**20, THEIRS)]
+    changed = bench.build_report(KVER, "scripts/bench", report.machine, builds)
+    assert any("ours xz 7" in n and "tree changed" in n for n in changed.notes)

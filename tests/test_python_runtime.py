@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer import python_runtime
+from initrd_composer import module_files, python_runtime
 from initrd_composer.errors import ComposeError
 from initrd_composer.image_entries import Entry
 from initrd_composer.python_runtime import (
@@ -212,6 +212,6 @@ def _size(path: Path | None) -> int:
 
 def test_default_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert python_runtime.default_cache_dir() == tmp_path / "initrd-composer"
+    assert module_files.default_cache_dir() == tmp_path / "initrd-composer"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert python_runtime.default_cache_dir() == Path.home() / ".cache/initrd-composer"
+    assert module_files.default_cache_dir() == Path.home() / ".cache/initrd-composer"
