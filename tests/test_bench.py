@@ -213,3 +213,10 @@ def test_report_notes_when_our_builds_differ() -> None:
     builds = [*report.builds[:-1], _build("ours-xz", "ours xz", (30.0,), 28 * 2**20, THEIRS)]
     changed = bench.build_report(KVER, "scripts/bench", report.machine, builds)
     assert any("ours xz 7" in n and "tree changed" in n for n in changed.notes)
+
+
+def test_failure_line_prefers_the_error_over_the_hint() -> None:
+    stderr = "compose-initrd: warning: w\ncompose-initrd: error: boom\ncompose-initrd: hint: rerun\n"
+    assert bench.failure_line(stderr) == "compose-initrd: error: boom"
+    assert bench.failure_line("Traceback\nValueError: x\n") == "ValueError: x"
+    assert bench.failure_line("") == "no output"
