@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping
 
 from module_db.index_files import DepEntry
 
-# (class, path prefix under kernel/ or exact module file name). First match wins.
+# (class, directory under kernel/ ending in '/', or an exact module file). A file rule
+# beats a directory rule; a deeper directory beats a shallower one.
 CLASS_RULES: tuple[tuple[str, str], ...] = (
     # Tape drives, changers and the generic SCSI node tape tools (mtx, sg_*) use.
     ("tape", "drivers/scsi/st.ko"),
@@ -104,14 +105,24 @@ CLASS_RULES: tuple[tuple[str, str], ...] = (
 ALL_CLASSES: tuple[str, ...] = tuple(dict.fromkeys(c for c, _ in CLASS_RULES))
 
 
+_FILE_RULES = {rule: cls for cls, rule in reversed(CLASS_RULES) if not rule.endswith("/")}
+_DIR_RULES = {rule.rstrip("/"): cls for cls, rule in reversed(CLASS_RULES) if rule.endswith("/")}
+
+
 def class_of_path(path: str) -> str | None:
-    """Class of a module by its modules.dep path ('kernel/drivers/ata/ahci.ko.xz')."""
+    """Class of a module by its modules.dep path ('kernel/drivers/ata/ahci.ko.xz'):
+    an exact file rule, else the rule of the deepest directory that has one."""
     rel = path[len("kernel/") :] if path.startswith("kernel/") else path
-    for cls, rule in CLASS_RULES:
-        if rule.endswith("/"):
-            if rel.startswith(rule):
-                return cls
-        elif rel == rule or rel.startswith(rule + "."):  # .ko.xz, .ko.zst, .ko.gz
+    for suffix in (".xz", ".zst", ".gz"):
+        rel = rel.removesuffix(suffix)
+    cls = _FILE_RULES.get(rel)
+    if cls is not None:
+        return cls
+    parent = rel
+    while "/" in parent:
+        parent = parent.rsplit("/", 1)[0]
+        cls = _DIR_RULES.get(parent)
+        if cls is not None:
             return cls
     return None
 

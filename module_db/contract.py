@@ -91,7 +91,8 @@ class ImageManifest:
             },
             "boot": dict(self.boot),
         }
-        return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+        # Compact: /init parses this at every boot.
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = MANIFEST_PATH) -> ImageManifest:
