@@ -31,14 +31,17 @@ class Prober:
         loader: ModuleLoader,
         aliases: AliasIndex,
         builtin_aliases: AliasIndex,
+        *,
         settle_s: float = 0.5,
         max_s: float = 30.0,
+        scan_settle_s: float = 3.0,
     ) -> None:
         self.loader = loader
         self.aliases = aliases
         self.builtin_aliases = builtin_aliases
         self.settle_s = settle_s
         self.max_s = max_s
+        self.scan_settle_s = scan_settle_s
         self.state = ProbeState()
 
     def handle(self, modalias: str) -> None:
@@ -48,6 +51,15 @@ class Prober:
         self.state.matches[modalias] = mods
         if mods:
             self.loader.load(mods)
+
+    def quiet_time(self, device: Any) -> float:
+        """How long to wait for more after this event. A new SCSI host scans its bus
+        asynchronously and quietly (usb-storage first waits delay_use=1 s, SAS HBAs
+        discover their ports from a work queue), so its disks come seconds later."""
+        is_host = device.subsystem == "scsi_host" or (
+            device.subsystem == "scsi" and device.device_type == "scsi_host"
+        )
+        return self.scan_settle_s if is_host and device.action == "add" else self.settle_s
 
     def run(
         self, context: Any, force: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic
@@ -71,7 +83,7 @@ class Prober:
             if device is None:
                 continue
             self.state.events += 1
-            quiet_until = clock() + self.settle_s
+            quiet_until = max(quiet_until, clock() + self.quiet_time(device))
             if device.action in ("add", "bind", "change"):
                 try:
                     self.handle(device.properties.get("MODALIAS", ""))

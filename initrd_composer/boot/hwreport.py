@@ -25,15 +25,18 @@ def _driver_of(sys_device: str) -> str:
     return os.path.basename(os.readlink(link)) if os.path.islink(link) else ""
 
 
-def _parent_driver(sys_device: str) -> str:
-    """The nearest driver at or above a device (a disk's is sd/sr/virtio_blk/nvme)."""
+def driver_chain(sys_device: str) -> list[str]:
+    """Drivers bound at and above a device, nearest first: a SATA disk gives
+    [sd, ahci], a USB stick [sd, usb-storage, usb, xhci_hcd]; tells which controller
+    serves a disk."""
+    chain: list[str] = []
     path = os.path.realpath(sys_device)
     while path.startswith("/sys/devices") and path != "/sys/devices":
         drv = _driver_of(path)
-        if drv:
-            return drv
+        if drv and drv not in chain:
+            chain.append(drv)
         path = os.path.dirname(path)
-    return ""
+    return chain
 
 
 def devices(context: Any, state: ProbeState) -> list[dict[str, Any]]:
@@ -52,17 +55,19 @@ def devices(context: Any, state: ProbeState) -> list[dict[str, Any]]:
     return out
 
 
-def netdevs(sys_root: str = "/sys") -> list[dict[str, str]]:
+def netdevs(sys_root: str = "/sys") -> list[dict[str, Any]]:
     base = f"{sys_root}/class/net"
     out = []
     for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
         if name == "lo":
             continue
         dev = f"{base}/{name}/device"
+        chain = driver_chain(dev) if os.path.exists(dev) else []
         out.append({
             "name": name,
             "mac": _read(f"{base}/{name}/address"),
-            "driver": _parent_driver(dev) if os.path.exists(dev) else "",
+            "driver": chain[0] if chain else "",
+            "drivers": chain,
         })
     return out
 
@@ -78,12 +83,14 @@ def blockdevs(sys_root: str = "/sys") -> list[dict[str, Any]]:
         scsi_type = _read(f"{dev}/type")
         kind = "cdrom" if scsi_type == "5" or name.startswith("sr") else "disk"
         size = int(_read(f"{entry}/size") or 0) * 512
-        out.append({"name": name, "driver": _parent_driver(dev) if os.path.exists(dev) else "",
+        chain = driver_chain(dev) if os.path.exists(dev) else []
+        out.append({"name": name, "driver": chain[0] if chain else "", "drivers": chain,
                     "size_bytes": size, "type": kind})
     tape = f"{sys_root}/class/scsi_tape"
     for name in sorted(os.listdir(tape)) if os.path.isdir(tape) else []:
         if name.startswith("st") and name[2:].isdigit():
-            out.append({"name": name, "driver": _parent_driver(f"{tape}/{name}/device"),
+            chain = driver_chain(f"{tape}/{name}/device")
+            out.append({"name": name, "driver": chain[0] if chain else "", "drivers": chain,
                         "size_bytes": 0, "type": "tape"})
     return out
 

@@ -49,8 +49,13 @@ def probe(cfg: BootConfig, cmdline: str, t_start: float) -> dict[str, Any]:
         log(f"running kernel {release} but the image carries modules for {manifest.kernel}", 3)
     _fail_point(cmdline, "probe")
     loader = ModuleLoader(km, f"/lib/modules/{manifest.kernel}", deny=cfg.denymods)
-    settle = float(manifest.boot.get("settle_ms", 500)) / 1000
-    prober = Prober(loader, AliasIndex(manifest.aliases), AliasIndex(manifest.builtin_aliases), settle)
+    prober = Prober(
+        loader,
+        AliasIndex(manifest.aliases),
+        AliasIndex(manifest.builtin_aliases),
+        settle_s=float(manifest.boot.get("settle_ms", 500)) / 1000,
+        scan_settle_s=float(manifest.boot.get("scan_settle_ms", 3000)) / 1000,
+    )
     context = pyudev.Context()
     state = prober.run(context, force=cfg.forcemods)
     timings = {"init_start": t_start, "probe_end": uptime()}
