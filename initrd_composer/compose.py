@@ -125,7 +125,7 @@ def plan_image(opts: BuildOptions) -> ImagePlan:
         tools, python = runtime.result()
     dirs = list(opts.firmware_dirs) if opts.firmware_dirs else firmware_search_dirs(opts.root, km.version)
     firmware = plan_firmware(packed.firmware_wanted, dirs)
-    boot = {"settle_ms": 500, "scan_settle_ms": 3000, **dict(opts.boot_defaults)}
+    boot = {"settle_ms": 500, "scan_settle_ms": 2500, **dict(opts.boot_defaults)}
     manifest = build_manifest(
         plan,
         km,

@@ -28,6 +28,7 @@ class Storage:
     cdrom: bool = False  # also attach a CD-ROM behind it
     kind: str = "scsi"  # scsi | ide | nvme | virtio-blk | sd | usb | uas | builtin-ide
     usb_host: str = ""
+    no_disk: str = ""  # why the disk never shows, with any initrd: then only the binding is checked
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,14 @@ GROUPS: tuple[BootGroup, ...] = (
             Storage("lsi53c810", "sym53c8xx", 35, cdrom=True),
             Storage("megasas", "megaraid_sas", 36, cdrom=True),
             Storage("megasas-gen2", "megaraid_sas", 37, cdrom=True),
-            Storage("mptsas1068", "mptsas", 38, cdrom=True),
+            Storage(
+                "mptsas1068",
+                "mptsas",
+                38,
+                cdrom=True,
+                no_disk="QEMU 7.2's SAS 1068 reports no end devices to Linux 6.1's mptsas: Debian's own"
+                " initramfs-tools image shows the same (host2 registered, no scsi 2:0:0:0)",
+            ),
             Storage("pvscsi", "vmw_pvscsi", 39, cdrom=True),
             Storage("piix3-ide", "ata_piix", 40, cdrom=True, kind="builtin-ide"),
         ),
@@ -95,7 +103,6 @@ GROUPS: tuple[BootGroup, ...] = (
             Storage("virtio-blk-pci", "virtio_blk", 44, kind="virtio-blk"),
             Storage("virtio-scsi-pci", "virtio_scsi", 45, cdrom=True),
             Storage("sdhci-pci", "sdhci-pci", 32, kind="sd"),
-            Storage("piix4-ide", "ata_piix", 46, kind="ide"),
         ),
     ),
     BootGroup(
@@ -106,7 +113,8 @@ GROUPS: tuple[BootGroup, ...] = (
             Storage("usb-storage@ich9-usb-ehci1", "ehci-pci", 49, kind="usb", usb_host="ich9-usb-ehci1"),
             Storage("usb-storage@piix3-usb-uhci", "uhci_hcd", 50, kind="usb", usb_host="piix3-usb-uhci"),
             Storage("usb-storage@pci-ohci", "ohci-pci", 51, kind="usb", usb_host="pci-ohci"),
-            Storage("usb-uas@nec-usb-xhci", "uas", 52, cdrom=False, kind="uas", usb_host="nec-usb-xhci"),
+            Storage("usb-storage@nec-usb-xhci", "xhci_hcd", 52, kind="usb", usb_host="nec-usb-xhci"),
+            Storage("usb-uas@qemu-xhci", "uas", 54, kind="uas", usb_host="qemu-xhci"),
             Storage("usb-bot@qemu-xhci", "usb-storage", 53, kind="usb-bot", usb_host="qemu-xhci"),
         ),
         extra=("-device", "usb-kbd,bus=usbhost0.0"),
@@ -117,6 +125,8 @@ GROUPS: tuple[BootGroup, ...] = (
 NOT_TESTED: dict[str, str] = {
     "ne2k_isa": "ISA, not PCI or USB (the ne2k driver exists but needs io=/irq= parameters)",
     "isa-ide": "ISA IDE; the pc machine's own IDE is piix3-ide, tested",
+    "piix4-ide": "a second PIIX IDE on the pc machine decodes the same legacy ports as the built-in"
+    " piix3-ide, so both fight over one disk (ATA timeouts); its driver ata_piix is tested on piix3-ide",
     "isa-fdc": "the pc machine's floppy controller; always present, `floppy` loads in every boot",
     "pvrdma": "an RDMA device needing a host RDMA backend; not a NIC (driver vmw_pvrdma)",
     "rocker": "a switch ASIC model that needs ports wired to host netdevs; driver rocker is packed",
@@ -133,6 +143,8 @@ NOT_TESTED: dict[str, str] = {
     "scsi-block": "passes a host SCSI device through",
     "scsi-generic": "passes a host SCSI device through",
     "usb-mtp": "Media Transfer Protocol: not a block device",
+    "usb-uas@nec-usb-xhci": "the NEC xHCI model has no stream support, which uas requires (the kernel"
+    " says so); usb-uas is tested behind qemu-xhci and nec-usb-xhci with usb-storage",
     "virtio-pmem": "persistent memory over virtio-mmio",
 }
 
@@ -210,7 +222,7 @@ def qemu_args(group: BootGroup, workdir: Path) -> list[str]:
         elif st.kind == "virtio-blk":
             args.extend(["-device", f"{model},drive={drive}"])
         elif st.kind == "sd":
-            args.extend(["-device", f"{model},id={ctl}", "-device", f"sd-card,drive={drive},bus={ctl}-bus"])
+            args.extend(["-device", f"{model},id={ctl}", "-device", f"sd-card,drive={drive}"])
         elif st.kind in ("usb", "usb-bot"):
             dev = "usb-bot" if st.kind == "usb-bot" else "usb-storage"
             if dev == "usb-bot":

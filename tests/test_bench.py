@@ -17,6 +17,8 @@ from initrd_composer.compression import compress_bytes
 from initrd_composer.cpio_writer import cpio_bytes
 from initrd_composer.errors import ComposeError
 from initrd_composer.image_entries import data_entry, dir_entry
+from module_db.alias_match import AliasIndex
+from module_db.index_files import AliasLine
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -220,3 +222,183 @@ def test_failure_line_prefers_the_error_over_the_hint() -> None:
     assert bench.failure_line(stderr) == "compose-initrd: error: boom"
     assert bench.failure_line("Traceback\nValueError: x\n") == "ValueError: x"
     assert bench.failure_line("") == "no output"
+
+
+# ---------------------------------------------------------------- boot timings and alias matching
+
+HWREPORT = (
+    'hwreport: {"devices":[{"modalias":"pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00",'
+    '"driver":"e1000"},{"modalias":"platform:pcspkr"},{"modalias":""},{"modalias":"platform:pcspkr"}],'
+    '"timings":{"init_start":6.14,"probe_end":9.42}}'
+)
+CONSOLE = ["[    0.000000] Linux version 6.1.0", "[    4.410197] Run /init as init process", "x"]
+
+
+def _boot(ours: list[tuple[float, float, float]], debian: list[tuple[float, float, float]]) -> Any:
+    """BootTimings from (kernel_init, init_start, probe_end) and (init, top, premount) per run."""
+    return bench.BootTimings(
+        devices=("-device", "e1000"),
+        memory_mb=1024,
+        ours_image="out/bench/ours-zstd.img",
+        ours_bytes=40 * 2**20,
+        debian_image="/boot/initrd.img-k",
+        debian_bytes=32 * 2**20,
+        ours=tuple(bench.OurBoot(k, s, e, 12.5) for k, s, e in ours),
+        debian=tuple(bench.bench_anchors.UdevTiming(i, t, p, 11.0) for i, t, p in debian),
+        modaliases=("platform:pcspkr",),
+    )
+
+
+BOOT = _boot(
+    [(4.4, 6.1, 9.4), (4.5, 6.3, 9.9), (4.3, 6.0, 9.0)], [(3.5, 5.9, 9.5), (3.6, 5.8, 9.4), (3.4, 6.0, 9.8)]
+)
+
+
+def test_parse_hwreport_and_our_boot_timings() -> None:
+    report = bench.parse_hwreport(HWREPORT)
+    boot = bench.parse_our_boot(CONSOLE, report, 12.744)
+    assert boot == bench.OurBoot(kernel_init=4.410197, init_start=6.14, probe_end=9.42, wall_seconds=12.74)
+    assert boot.probe_seconds == 3.28
+    assert bench.modaliases_of(report) == (
+        "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00",
+        "platform:pcspkr",
+    )
+    assert bench.modaliases_of({}) == ()
+
+
+@pytest.mark.parametrize("line", ["hwreport: {not json", "hwreport: [1, 2]", "no report here"])
+def test_parse_hwreport_rejects_broken_lines(line: str) -> None:
+    with pytest.raises(ComposeError):
+        bench.parse_hwreport(line)
+
+
+@pytest.mark.parametrize(
+    ("lines", "report"),
+    [
+        (CONSOLE, {"devices": []}),  # no timings at all
+        (CONSOLE, {"timings": {"init_start": 6.1}}),  # no probe_end
+        (CONSOLE, {"timings": {"init_start": "6.1", "probe_end": 9.0}}),  # not a number
+        (["[    4.41] Run /init"], {"timings": {"init_start": 6.1, "probe_end": 9.0}}),  # no kernel stamp
+    ],
+)
+def test_parse_our_boot_needs_the_stamp_and_both_timings(lines: list[str], report: dict[str, Any]) -> None:
+    with pytest.raises(ComposeError):
+        bench.parse_our_boot(lines, report, 1.0)
+
+
+def test_boot_ratios_use_medians_and_the_target_is_the_absolute_uptime() -> None:
+    # medians: probe_end 9.4, premount 9.5; probe durations 3.3/3.6/3.0 -> 3.3; coldplug 3.6/3.6/3.8 -> 3.6
+    assert BOOT.end_ratio == pytest.approx(9.4 / 9.5)
+    assert BOOT.probe_ratio == pytest.approx(3.3 / 3.6)
+    target = bench.boot_target(BOOT)
+    assert target.verdict == "PASS" and target.limit == 1.0
+    tie = _boot([(4.0, 6.0, 9.5)], [(3.0, 5.0, 9.5)])
+    assert bench.boot_target(tie).verdict == "PASS"  # finishing at the same uptime meets "no later"
+    # a faster probe that starts later (bigger image to unpack) still misses
+    late = _boot([(5.0, 7.0, 9.6)], [(3.0, 5.0, 9.5)])
+    assert late.probe_ratio < 1 and bench.boot_target(late).verdict == "MISS"
+
+
+def test_boot_markdown_rows() -> None:
+    summary = bench.boot_summary_rows(BOOT)
+    assert "| image MiB | 40.0 | 32.0 |" in summary
+    assert "| kernel runs /init (uptime s) | 4.40 | 3.50 |" in summary
+    assert "| init running: our Python /init, Debian's top break (uptime s) | 6.10 | 5.90 |" in summary
+    assert "| probe end, Debian's premount break (uptime s) | 9.40 | 9.50 |" in summary
+    assert "| probe, coldplug+settle duration (s) | 3.30 | 3.60 |" in summary
+    assert "| wall s (qemu start to that point) | 12.50 | 11.00 |" in summary
+    runs = bench.boot_run_rows(BOOT)
+    assert len(runs) == 2 + 3
+    assert runs[3] == "| 2 | 4.50 | 6.30 | 9.90 | 3.60 | 12.50 | 3.60 | 5.80 | 9.40 | 3.60 | 11.00 |"
+    assert all(row.count("|") == 12 for row in runs)
+
+
+def test_report_with_boot_and_alias_renders_both_sections() -> None:
+    alias = bench.AliasBench(
+        2, 5, (bench.AliasTable("kernel modules.alias", 26222, 1, 43.0, 45.6, 50.0, 5000.0),)
+    )
+    report = _report()
+    with_boot = bench.build_report(
+        KVER, "scripts/bench", report.machine, report.builds, boot=BOOT, alias=alias
+    )
+    assert with_boot.targets[:-1] == report.targets
+    assert with_boot.targets[-1].name.startswith("probe end / udev coldplug+settle end")
+    text = bench.render_markdown(with_boot)
+    assert text.index("## Driver classes") < text.index("## Boot timings") < text.index("## Alias matching")
+    assert "| probe end / udev coldplug+settle end (guest uptime, QEMU) | 0.989 | 1.000 | PASS |" in text
+    assert "- Target: our probe ends no later (uptime) than udev's coldplug+settle: 0.989 -> **PASS**" in text
+    assert "- Probe duration / coldplug+settle duration: 0.917" in text
+    assert "| kernel modules.alias | 26222 | 1/2 | 43.0 | 45.6 | 50.0 | 5000.0 | 100x |" in text
+    doc = json.loads(json.dumps(bench.report_json(with_boot)))
+    assert doc["boot"]["end_ratio"] == round(9.4 / 9.5, 4)
+    assert doc["boot"]["debian"][0]["coldplug_seconds"] == 3.6
+    assert doc["boot"]["ours"][1]["probe_seconds"] == 3.6
+    assert doc["alias"]["tables"][0]["speedup"] == 100.0
+    assert bench.report_json(report)["boot"] is None
+
+
+def test_boot_only_report_has_no_build_sections() -> None:
+    machine = _report().machine
+    report = bench.build_report(
+        KVER, "scripts/bench --boot-only", machine, [], boot=BOOT, notes=["only boots"]
+    )
+    assert [t.name for t in report.targets] == [bench.boot_target(BOOT).name]
+    assert report.comparisons == () and report.notes == ("only boots",)
+    text = bench.render_markdown(bench.replace(report, raw_json="out/bench/boot-only.json"))
+    assert "## Builds" not in text and "## Driver classes" not in text
+    assert "## Targets" in text and "## Boot timings" in text and "## Alias matching" not in text
+    assert "raw numbers: `out/bench/boot-only.json`" in text
+    assert "- only boots" in text and "dracut" not in text
+
+
+def test_linear_match_is_fnmatch_in_table_order() -> None:
+    aliases = [
+        AliasLine("pci:v00008086d0000100Esv*sd*bc*sc*i*", "e1000"),
+        AliasLine("usb:v*p*d*dc*dsc*dp*ic08isc06ip50in*", "usb_storage"),
+        AliasLine("pci:v00008086d*sv*sd*bc02sc00i*", "zz_generic"),
+        AliasLine("pci:v00008086d0000100[DE]sv*", "e1000"),  # a second pattern of the same module
+        AliasLine("of:N*T*Cfoo_bar", "foo"),
+    ]
+    pci = "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00"
+    assert bench.linear_match(aliases, pci) == ("e1000", "zz_generic")
+    assert bench.linear_match(aliases, "of:NxTyCfoo-bar") == ("foo",)  # '-' normalised like kmod
+    assert bench.linear_match(aliases, "PCI:v00008086d0000100Esv0sd0bc02sc00i00") == ()  # case-sensitive
+    assert bench.linear_match(aliases, "bad]alias") == ()
+    index = AliasIndex(aliases)
+    assert bench.check_same_matches(index, aliases, [pci, "of:NxTyCfoo-bar", "platform:x"], "t") == 2
+
+
+def test_check_same_matches_fails_loudly_on_a_disagreement() -> None:
+    index = AliasIndex([AliasLine("platform:pcspkr", "pcspkr")])
+    with pytest.raises(ComposeError, match=r"t: AliasIndex gives \['pcspkr'\] for 'platform:pcspkr'"):
+        bench.check_same_matches(index, [AliasLine("platform:pcspk", "pcspkr")], ["platform:pcspkr"], "t")
+
+
+def test_time_alias_table_measures_both_ways() -> None:
+    aliases = [AliasLine(f"pci:v{n:08X}d*sv*sd*bc*sc*i*", f"m{n}") for n in range(200)]
+    table = bench.time_alias_table("t", aliases, ["pci:v00000007d1sv2sd3bc4sc5i6", "platform:none"], 3)
+    assert (table.name, table.patterns, table.matched) == ("t", 200, 1)
+    assert min(table.build_ms, table.indexed_us, table.linear_us) > 0 and table.first_pass_ms >= 0
+    assert table.speedup == pytest.approx(table.linear_us / table.indexed_us)
+
+
+def test_boot_machine_disk_and_devices(tmp_path: Path) -> None:
+    disk = bench.boot_disk(tmp_path)
+    assert disk.stat().st_size == 64 * 2**20
+    argv = bench.boot_devices(disk)
+    assert argv[argv.index("-drive") + 1] == f"if=none,id=d0,file={disk},format=raw"
+    assert "e1000,netdev=n0" in argv and "ahci,id=ahci0" in argv and "ide-hd,drive=d0,bus=ahci0.0" in argv
+
+
+def test_cli_documents_and_checks_the_boot_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        bench.parse_args(["--help"])
+    assert done.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--skip-boot" in help_text and "--boot-only" in help_text and "--boot-runs" in help_text
+    args = bench.parse_args(["--boot-only", "--boot-runs", "2"])
+    assert args.boot_only and not args.skip_boot and args.boot_runs == 2
+    for words in (["--skip-boot", "--boot-only"], ["--boot-runs", "0"]):
+        with pytest.raises(SystemExit) as bad:
+            bench.parse_args(words)
+        assert bad.value.code == 2

@@ -71,6 +71,10 @@ def test_nic_is_driven(reports: dict[str, dict[str, Any]], group: BootGroup, ind
 @pytest.mark.parametrize(("group", "storage"), _storage_cases())
 def test_storage_is_driven(reports: dict[str, dict[str, Any]], group: BootGroup, storage: Storage) -> None:
     report = reports[group.name]
+    if storage.no_disk:
+        bound = [d for d in report["devices"] if d["driver"] == storage.driver]
+        assert bound, f"{storage.model}: {storage.driver} bound to nothing; loaded {report['loaded']}"
+        return
     disks = [
         b for b in report["blockdevs"] if b["type"] == "disk" and b["size_bytes"] == storage.disk_mib * 2**20
     ]

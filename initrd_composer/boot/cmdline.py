@@ -104,21 +104,31 @@ def _parse_ipconf(value: str) -> IpConf:
 _IP_METHODS = ("dhcp", "on", "any", "dhcp6", "auto6", "off", "none", "static", "both")
 
 
+def _ip_method(word: str) -> str:
+    return "dhcp" if word in ("on", "any") else word
+
+
 def _parse_ip(value: str) -> KernelIp:
     if value in _IP_METHODS:
-        return KernelIp(device="", method="dhcp" if value in ("on", "any") else value)
+        return KernelIp(device="", method=_ip_method(value))
     parts = value.split(":")
     if len(parts) == 2 and parts[1] in _IP_METHODS:
-        return KernelIp(device=parts[0], method=parts[1])
-    if len(parts) >= 4 and _ipv4(parts[0]):
+        return KernelIp(device=parts[0], method=_ip_method(parts[1]))
+    # The kernel's long form; an empty client (ip=:::::eth0:dhcp) asks for autoconfiguration.
+    if len(parts) >= 4 and (not parts[0] or _ipv4(parts[0])):
         client, _server, gw, mask = parts[:4]
         host = parts[4] if len(parts) > 4 else ""
         dev = parts[5] if len(parts) > 5 else ""
-        proto = parts[6] if len(parts) > 6 and parts[6] else "static"
+        proto = parts[6] if len(parts) > 6 and parts[6] else ("static" if client else "dhcp")
         if (gw and not _ipv4(gw)) or (mask and not _ipv4(mask)):
             raise ValueError("bad gateway or netmask")
-        method = "static" if proto in ("off", "none", "static") else proto
-        return KernelIp(dev, method, client, gw, mask, host)
+        if proto not in _IP_METHODS:
+            raise ValueError(f"unknown autoconf method {proto!r}")
+        if proto in ("off", "none", "static") and client:
+            proto = "static"  # the kernel's off/none with an address: configure it, no autoconf
+        elif proto == "static":
+            raise ValueError("a static address needs the client address")
+        return KernelIp(dev, _ip_method(proto), client, gw, mask, host)
     raise ValueError("expected dhcp, dev:dhcp or client:server:gw:netmask:host:dev:proto")
 
 
@@ -148,9 +158,12 @@ def parse_cmdline(text: str) -> BootConfig:
                 m = _MAC.match(value)
                 if not m:
                     raise ValueError("expected 01-aa-bb-cc-dd-ee-ff")
-                values["bootif"] = m.group(1).replace("-", ":").lower()
+                mac = m.group(1).replace("-", ":").lower()
+                if int(mac[:2], 16) & 1:  # multicast: a truncated 01-aa-bb-cc-dd-ee, not a NIC
+                    raise ValueError("expected 01-aa-bb-cc-dd-ee-ff")
+                values["bootif"] = mac
             elif key == "ping" and eq:
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()):
                     raise ValueError("expected a count")
                 values["ping"] = int(value)
             elif key in ("netfsmount", "nfsmount") and eq:

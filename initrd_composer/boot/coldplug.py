@@ -53,13 +53,17 @@ class Prober:
             self.loader.load(mods)
 
     def quiet_time(self, device: Any) -> float:
-        """How long to wait for more after this event. A new SCSI host scans its bus
-        asynchronously and quietly (usb-storage first waits delay_use=1 s, SAS HBAs
-        discover their ports from a work queue), so its disks come seconds later."""
+        """How long to wait for more after this event. usb-storage registers its SCSI host,
+        then waits delay_use (1 s) before scanning it, without a uevent in between: its
+        disks come seconds later. Other hosts scan at once; media that a slow SAN or SAS
+        HBA discovers later are waited for by the stage that needs them, as
+        initramfs-tools waits for its root device."""
         is_host = device.subsystem == "scsi_host" or (
             device.subsystem == "scsi" and device.device_type == "scsi_host"
         )
-        return self.scan_settle_s if is_host and device.action == "add" else self.settle_s
+        if is_host and device.action == "add" and "/usb" in (device.sys_path or ""):
+            return self.scan_settle_s
+        return self.settle_s
 
     def run(
         self, context: Any, force: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic

@@ -25,13 +25,14 @@ def _driver_of(sys_device: str) -> str:
     return os.path.basename(os.readlink(link)) if os.path.islink(link) else ""
 
 
-def driver_chain(sys_device: str) -> list[str]:
+def driver_chain(sys_device: str, sys_root: str = "/sys") -> list[str]:
     """Drivers bound at and above a device, nearest first: a SATA disk gives
     [sd, ahci], a USB stick [sd, usb-storage, usb, xhci_hcd]; tells which controller
     serves a disk."""
     chain: list[str] = []
+    top = os.path.join(os.path.realpath(sys_root), "devices")
     path = os.path.realpath(sys_device)
-    while path.startswith("/sys/devices") and path != "/sys/devices":
+    while path.startswith(top + "/"):
         drv = _driver_of(path)
         if drv and drv not in chain:
             chain.append(drv)
@@ -62,7 +63,7 @@ def netdevs(sys_root: str = "/sys") -> list[dict[str, Any]]:
         if name == "lo":
             continue
         dev = f"{base}/{name}/device"
-        chain = driver_chain(dev) if os.path.exists(dev) else []
+        chain = driver_chain(dev, sys_root) if os.path.exists(dev) else []
         out.append({
             "name": name,
             "mac": _read(f"{base}/{name}/address"),
@@ -83,27 +84,28 @@ def blockdevs(sys_root: str = "/sys") -> list[dict[str, Any]]:
         scsi_type = _read(f"{dev}/type")
         kind = "cdrom" if scsi_type == "5" or name.startswith("sr") else "disk"
         size = int(_read(f"{entry}/size") or 0) * 512
-        chain = driver_chain(dev) if os.path.exists(dev) else []
+        chain = driver_chain(dev, sys_root) if os.path.exists(dev) else []
         out.append({"name": name, "driver": chain[0] if chain else "", "drivers": chain,
                     "size_bytes": size, "type": kind})
     tape = f"{sys_root}/class/scsi_tape"
     for name in sorted(os.listdir(tape)) if os.path.isdir(tape) else []:
         if name.startswith("st") and name[2:].isdigit():
-            chain = driver_chain(f"{tape}/{name}/device")
+            chain = driver_chain(f"{tape}/{name}/device", sys_root)
             out.append({"name": name, "driver": chain[0] if chain else "", "drivers": chain,
                         "size_bytes": 0, "type": "tape"})
     return out
 
 
 def build_report(
-    context: Any, state: ProbeState, loads: LoadResult, timings: dict[str, float], builtin: set[str]
+    context: Any, state: ProbeState, loads: LoadResult, timings: dict[str, float], builtin: set[str],
+    *, sys_root: str = "/sys",
 ) -> dict[str, Any]:
     devs = devices(context, state)
     missing = sorted({d["modalias"] for d in devs if not d["modules"] and not d["driver"]})
     return {
         "devices": devs,
-        "netdevs": netdevs(),
-        "blockdevs": blockdevs(),
+        "netdevs": netdevs(sys_root),
+        "blockdevs": blockdevs(sys_root),
         "missing": missing,
         "loaded": loads.loaded,
         "failed": loads.failed,

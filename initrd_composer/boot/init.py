@@ -54,7 +54,7 @@ def probe(cfg: BootConfig, cmdline: str, t_start: float) -> dict[str, Any]:
         AliasIndex(manifest.aliases),
         AliasIndex(manifest.builtin_aliases),
         settle_s=float(manifest.boot.get("settle_ms", 500)) / 1000,
-        scan_settle_s=float(manifest.boot.get("scan_settle_ms", 3000)) / 1000,
+        scan_settle_s=float(manifest.boot.get("scan_settle_ms", 2500)) / 1000,
     )
     context = pyudev.Context()
     state = prober.run(context, force=cfg.forcemods)

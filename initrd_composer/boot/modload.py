@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from module_db.kernel_modules import KernelModules
+from module_db.names import normalize_name
 
 
 @dataclass
@@ -40,27 +41,38 @@ class ModuleLoader:
 
         self.km = km
         self.modules_dir = modules_dir
-        self.deny = set(deny)
+        self.deny = {normalize_name(d) for d in deny}
         self.loaded = loaded_modules() if loaded is None else loaded
         self.result = LoadResult()
         self._finit = finit or finit_module
         self._attempted: set[str] = set()
 
     def load(self, names: Iterable[str]) -> list[str]:
-        """Load `names` with their dependencies; returns what was newly loaded."""
-        wanted = [n for n in names if n not in self.deny]
-        self.result.denied.extend(n for n in names if n in self.deny and n not in self.result.denied)
+        """Load `names` with their dependencies; returns what was newly loaded. A denied
+        module is never loaded, nor is a module that needs one (it could not link)."""
+        names = [normalize_name(n) for n in names]  # iterated twice
+        for name in names:
+            if name in self.deny:
+                self._deny(name)
         new: list[str] = []
-        for mod in self.km.load_order(wanted, kmod_compatible=False):
+        for mod in self.km.load_order([n for n in names if n not in self.deny], kmod_compatible=False):
             if mod in self.loaded or mod in self._attempted:
                 continue
-            if mod in self.deny:
-                self.result.denied.append(mod)
-                continue
             self._attempted.add(mod)
+            if mod in self.deny:
+                self._deny(mod)
+                continue
+            denied = [d for d in self.km.deps[mod].deps if d in self.deny and d not in self.loaded]
+            if denied:
+                self.result.failed[mod] = f"needs denied module {denied[0]}"
+                continue
             if self._insert(mod):
                 new.append(mod)
         return new
+
+    def _deny(self, mod: str) -> None:
+        if mod not in self.result.denied:
+            self.result.denied.append(mod)
 
     def _insert(self, mod: str) -> bool:
         path = os.path.join(self.modules_dir, self.km.deps[mod].path)
