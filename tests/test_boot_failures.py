@@ -111,10 +111,20 @@ def test_omitted_driver_is_missing_on_the_full_image(
         ["--kernel", kernel[0], "--all-nics", "--omit-modules", "e1000e"], tmp_path / "o.img", build_cache
     )
     assert "e1000e" not in image.manifest.modules
+    rtl = ["-netdev", "user,id=n2", "-device", "rtl8139,netdev=n2"]
     result = qemu_boot.boot(
-        _vmlinuz(kernel[0]), image.path, "console=ttyS0 probe", [*E1000, *E1000E], timeout=120
+        _vmlinuz(kernel[0]),
+        image.path,
+        "console=ttyS0 probe denymods=8139cp,8139too forcemods=loop",
+        [*E1000, *E1000E, *rtl],
+        timeout=120,
     )
     report = _report(result)
     drivers = {n["driver"] for n in report["netdevs"]}
     assert drivers == {"e1000"}, report["netdevs"]
     assert any(m.startswith("pci:v00008086d000010D3") for m in report["missing"]), report["missing"]
+    # denymods: the rtl8139's drivers are in the image but never loaded; forcemods: loop
+    # is loaded though no device asks for it
+    assert {"8139cp", "8139too"} <= set(report["denied"]), report["denied"]
+    assert not {"8139cp", "8139too"} & set(report["loaded"])
+    assert "loop" in report["loaded"]

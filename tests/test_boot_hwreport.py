@@ -192,7 +192,7 @@ def test_build_report(sysfs: FakeSys) -> None:
     state = ProbeState(matches={nic: ("e1000",), gpu: (), serial: ()})
     loads = LoadResult(loaded=["e1000"], failed={"nodev": "No such device"}, denied=["floppy"])
     timings = {"init_start": 1.5, "probe_end": 3.25}
-    report = build_report(context, state, loads, timings, {"serial"}, sys_root=str(sysfs.root))
+    report = build_report(context, state, loads, timings, sys_root=str(sysfs.root))
     assert report["devices"] == [
         {"syspath": "/sys/" + NIC, "subsystem": "pci", "modalias": nic, "driver": "e1000",
          "modules": ["e1000"]},

@@ -21,6 +21,7 @@ class ProbeState:
     """What probing saw: modalias -> modules it resolved to (empty: nothing in the image)."""
 
     matches: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    builtin: dict[str, tuple[str, ...]] = field(default_factory=dict)  # only built-ins match
     events: int = 0
     rounds: int = 0
 
@@ -51,6 +52,8 @@ class Prober:
         self.state.matches[modalias] = mods
         if mods:
             self.loader.load(mods)
+        elif builtin := self.builtin_aliases.match(modalias):
+            self.state.builtin[modalias] = builtin  # driven by the kernel itself, not missing
 
     def quiet_time(self, device: Any) -> float:
         """How long to wait for more after this event. usb-storage registers its SCSI host,

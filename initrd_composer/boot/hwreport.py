@@ -46,13 +46,15 @@ def devices(context: Any, state: ProbeState) -> list[dict[str, Any]]:
         modalias = dev.properties.get("MODALIAS", "")
         if not modalias:
             continue
-        out.append({
-            "syspath": dev.sys_path,
-            "subsystem": dev.subsystem or "",
-            "modalias": modalias,
-            "driver": dev.driver or "",
-            "modules": list(state.matches.get(modalias, ())),
-        })
+        out.append(
+            {
+                "syspath": dev.sys_path,
+                "subsystem": dev.subsystem or "",
+                "modalias": modalias,
+                "driver": dev.driver or "",
+                "modules": list(state.matches.get(modalias, ())),
+            }
+        )
     return out
 
 
@@ -64,12 +66,14 @@ def netdevs(sys_root: str = "/sys") -> list[dict[str, Any]]:
             continue
         dev = f"{base}/{name}/device"
         chain = driver_chain(dev, sys_root) if os.path.exists(dev) else []
-        out.append({
-            "name": name,
-            "mac": _read(f"{base}/{name}/address"),
-            "driver": chain[0] if chain else "",
-            "drivers": chain,
-        })
+        out.append(
+            {
+                "name": name,
+                "mac": _read(f"{base}/{name}/address"),
+                "driver": chain[0] if chain else "",
+                "drivers": chain,
+            }
+        )
     return out
 
 
@@ -85,23 +89,47 @@ def blockdevs(sys_root: str = "/sys") -> list[dict[str, Any]]:
         kind = "cdrom" if scsi_type == "5" or name.startswith("sr") else "disk"
         size = int(_read(f"{entry}/size") or 0) * 512
         chain = driver_chain(dev, sys_root) if os.path.exists(dev) else []
-        out.append({"name": name, "driver": chain[0] if chain else "", "drivers": chain,
-                    "size_bytes": size, "type": kind})
+        out.append(
+            {
+                "name": name,
+                "driver": chain[0] if chain else "",
+                "drivers": chain,
+                "size_bytes": size,
+                "type": kind,
+            }
+        )
     tape = f"{sys_root}/class/scsi_tape"
     for name in sorted(os.listdir(tape)) if os.path.isdir(tape) else []:
         if name.startswith("st") and name[2:].isdigit():
             chain = driver_chain(f"{tape}/{name}/device", sys_root)
-            out.append({"name": name, "driver": chain[0] if chain else "", "drivers": chain,
-                        "size_bytes": 0, "type": "tape"})
+            out.append(
+                {
+                    "name": name,
+                    "driver": chain[0] if chain else "",
+                    "drivers": chain,
+                    "size_bytes": 0,
+                    "type": "tape",
+                }
+            )
     return out
 
 
 def build_report(
-    context: Any, state: ProbeState, loads: LoadResult, timings: dict[str, float], builtin: set[str],
-    *, sys_root: str = "/sys",
+    context: Any,
+    state: ProbeState,
+    loads: LoadResult,
+    timings: dict[str, float],
+    *,
+    sys_root: str = "/sys",
 ) -> dict[str, Any]:
     devs = devices(context, state)
-    missing = sorted({d["modalias"] for d in devs if not d["modules"] and not d["driver"]})
+    missing = sorted(
+        {
+            d["modalias"]
+            for d in devs
+            if not d["modules"] and not d["driver"] and d["modalias"] not in state.builtin
+        }
+    )
     return {
         "devices": devs,
         "netdevs": netdevs(sys_root),

@@ -59,7 +59,7 @@ def probe(cfg: BootConfig, cmdline: str, t_start: float) -> dict[str, Any]:
     context = pyudev.Context()
     state = prober.run(context, force=cfg.forcemods)
     timings = {"init_start": t_start, "probe_end": uptime()}
-    report = build_report(context, state, loader.result, timings, set(manifest.builtin))
+    report = build_report(context, state, loader.result, timings)
     for mod, why in sorted(loader.result.failed.items()):
         log(f"module {mod}: {why}", 4)
     emit(publish(report))
