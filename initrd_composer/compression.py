@@ -22,11 +22,10 @@ from initrd_composer.errors import ComposeError, UsageError
 
 COMPRESSIONS = ("zstd", "xz", "gzip", "none")
 
-# zstd level 6 with long-distance matching (below) is the default: on Debian 6.1's
-# --all-nics image it writes ~190 MB of content in ~1.2 s on 2 cores, ~8% smaller than
-# level 3, while level 9 costs another 0.5 s for 4% (BENCHMARKS.md has the table).
+# zstd level 6 is the default: on Debian 6.1's --all-nics image it writes ~190 MB of
+# content in ~1.2 s on 2 cores, ~8% smaller than level 3, while level 9 costs another
+# 0.5-2 s for 4% (BENCHMARKS.md has the table).
 DEFAULT_LEVELS = {"zstd": 6, "xz": 6, "gzip": 6}
-ZSTD_WINDOW_LOG = 27
 LEVEL_RANGES = {"zstd": range(1, 20), "xz": range(0, 10), "gzip": range(1, 10)}
 
 # Magic numbers, longest first where one could shadow another.
@@ -111,13 +110,10 @@ def compressing(out: ByteSink, name: str, level: int | None = None, threads: int
         return
     comp: _ObjCompressor
     if name == "zstd":
-        # Long-distance matching over a 128 MiB window finds the repeats between
-        # modules (same helpers, same signature blocks) that an 8 MiB window misses;
-        # 128 MiB is the most the kernel's initramfs decoder accepts.
-        params = zstandard.ZstdCompressionParameters.from_level(
-            chosen, window_log=ZSTD_WINDOW_LOG, enable_ldm=True, threads=threads, write_checksum=True
-        )
-        cctx = zstandard.ZstdCompressor(compression_params=params)
+        # Plain level parameters: long-distance matching over a 128 MiB window saved ~1%
+        # but made multi-threaded output vary from run to run (1 in 5 in
+        # test_zstd_output_independent_of_thread_count), and images must be reproducible.
+        cctx = zstandard.ZstdCompressor(level=chosen, threads=threads, write_checksum=True)
         comp = cctx.compressobj()
     elif name == "xz":
         comp = lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=chosen)
