@@ -184,37 +184,20 @@ def qemu_args(group: BootGroup, workdir: Path) -> list[str]:
         args.extend(["-drive", f"if=none,id={drive},file={disk},format=raw"])
         ctl = f"c{i}"
         model = st.model.split("@")[0]
-        if st.kind == "builtin-ide":
-            args.extend(["-device", f"ide-hd,drive={drive},bus=ide.0"])
+        if st.kind in ("builtin-ide", "ide", "scsi"):
+            bus = "ide" if st.kind == "builtin-ide" else ctl
+            family = "scsi" if st.kind == "scsi" else "ide"
+            if st.kind != "builtin-ide":
+                args.extend(["-device", f"{model},id={ctl}"])
+            args.extend(["-device", f"{family}-hd,drive={drive},bus={bus}.0"])
             if st.cdrom:
+                cd_bus = f"{bus}.0" if family == "scsi" else f"{bus}.1"  # IDE: one device per bus
                 args.extend(
                     [
                         "-drive",
                         f"if=none,id={drive}cd,media=cdrom",
                         "-device",
-                        f"ide-cd,drive={drive}cd,bus=ide.1",
-                    ]
-                )
-        elif st.kind == "ide":
-            args.extend(["-device", f"{model},id={ctl}", "-device", f"ide-hd,drive={drive},bus={ctl}.0"])
-            if st.cdrom:
-                args.extend(
-                    [
-                        "-drive",
-                        f"if=none,id={drive}cd,media=cdrom",
-                        "-device",
-                        f"ide-cd,drive={drive}cd,bus={ctl}.1",
-                    ]
-                )
-        elif st.kind == "scsi":
-            args.extend(["-device", f"{model},id={ctl}", "-device", f"scsi-hd,drive={drive},bus={ctl}.0"])
-            if st.cdrom:
-                args.extend(
-                    [
-                        "-drive",
-                        f"if=none,id={drive}cd,media=cdrom",
-                        "-device",
-                        f"scsi-cd,drive={drive}cd,bus={ctl}.0",
+                        f"{family}-cd,drive={drive}cd,bus={cd_bus}",
                     ]
                 )
         elif st.kind == "nvme":
