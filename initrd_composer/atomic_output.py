@@ -74,12 +74,20 @@ def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     except OSError as exc:
         raise _as_compose_error(path, exc) from exc
     tmp = Path(tmp_name)
-    try:
+    with _replaced_on_success(tmp, path):
         with os.fdopen(fd, "wb") as out:
             yield out
             out.flush()
             os.fchmod(out.fileno(), mode)
             os.fsync(out.fileno())
+
+
+@contextlib.contextmanager
+def _replaced_on_success(tmp: Path, path: Path) -> Iterator[None]:
+    """Rename `tmp` over `path` when the block succeeds; remove it when it fails, with
+    OSErrors as ComposeError naming `path`."""
+    try:
+        yield
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -88,3 +96,22 @@ def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
             raise _as_compose_error(path, exc) from exc
         raise
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, mode: int = 0o644) -> Iterator[Path]:
+    """Like atomic_output, for a tool that writes the file itself (xorriso): yield the
+    path of an empty temp file beside `path`; it becomes `path` only if the block succeeds."""
+    path = Path(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _as_compose_error(path, exc) from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    with _replaced_on_success(tmp, path):
+        tmp.unlink()  # the tool creates it; some (xorriso) refuse to overwrite a file
+        yield tmp
+        with open(tmp, "rb") as done:
+            os.fsync(done.fileno())
+        os.chmod(tmp, mode)

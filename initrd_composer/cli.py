@@ -13,7 +13,7 @@ from initrd_composer.errors import ComposeError, UsageError
 from module_db.errors import ModuleDbError
 
 PROG = "compose-initrd"
-VERBS = ("build", "ls", "explain", "deps", "match", "check")
+VERBS = ("build", "ls", "explain", "deps", "match", "check", "iso", "pxe", "obdr")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,10 +35,11 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sys-root", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)
 
 
-def _build_args(p: argparse.ArgumentParser) -> None:
+def _build_args(p: argparse.ArgumentParser, output: bool = True) -> None:
     _kernel_args(p)
     _selection_args(p)
-    p.add_argument("-o", "--output", type=Path, default=None, help="image file (default initrd-KVER.img)")
+    if output:
+        p.add_argument("-o", "--output", type=Path, default=None, help="image file (default initrd-KVER.img)")
     p.add_argument("--compress", choices=("zstd", "xz", "gzip", "none"), default="zstd")
     p.add_argument("--level", type=int, default=None, help="compression level")
     p.add_argument("--keep-compressed-modules", action="store_true",
@@ -75,7 +76,39 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--modaliases", type=Path, required=True, metavar="FILE",
                    help="one modalias per line, e.g. from `cat /sys/bus/*/devices/*/modalias`")
+    _media_parsers(sub)
     return parser
+
+
+def _media_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    from initrd_composer.media_verbs import media_args  # noqa: PLC0415
+
+    p = sub.add_parser("iso", help="bootable ISO: BIOS, UEFI with Secure Boot, hybrid for USB")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the ISO file to write")
+    _build_args(p, output=False)
+    media_args(p, data=True)
+    p.add_argument("--media-size", default="dvd", metavar="SIZE",
+                   help="refuse to write more than this: cd, dvd (default), dvd-dl, bd, 4G, ... or none")
+    p = sub.add_parser("obdr", help="HP One-Button Disaster Recovery tape or tape-image directory")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR|/dev/nstN",
+                   help="a tape device (non-rewinding) or a new tape-image directory")
+    _build_args(p, output=False)
+    media_args(p, data=True)
+    p.add_argument("--block-size", type=int, default=65536, help="block size of the data file (bytes)")
+    p.add_argument("--capacity", default="none", metavar="SIZE",
+                   help="refuse to write more than this, e.g. 400G for an LTO-3 (default none)")
+    p = sub.add_parser("pxe", help="a TFTP/HTTP root: pxelinux, iPXE, GRUB (UEFI) and a dnsmasq snippet")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="the tree to write")
+    _build_args(p, output=False)
+    media_args(p, data=False)
+    p.add_argument("--nfs", default=None, metavar="SERVER:/PATH", help="restore data over NFS")
+    p.add_argument("--url", default=None, metavar="URL", help="restore data over HTTP")
+    p.add_argument("--prefix", default=None, metavar="NAME", help="image name prefix (NAME-1.iso)")
+    p.add_argument("--ipconf", default=None, metavar="DEV:...", help="ipconf= for every machine")
+    p.add_argument("--mac", action="append", default=[], metavar="MAC[=IPCONF]",
+                   help="also write pxelinux.cfg/01-MAC for this machine (repeatable)")
+    p.add_argument("--server", default=None, metavar="ADDR",
+                   help="address of the TFTP server, for the dnsmasq snippet")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

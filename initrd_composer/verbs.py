@@ -6,13 +6,14 @@ import argparse
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from initrd_composer.atomic_output import check_output_dir
 from initrd_composer.compose import BuildOptions, build_image, load_kernel, modules_summary, plan_image
 from initrd_composer.errors import ComposeError, UsageError
 from initrd_composer.host_nics import host_nic_modules
-from initrd_composer.image_reader import open_image
+from initrd_composer.medium_reader import open_medium
 from initrd_composer.module_files import default_cache_dir
 from initrd_composer.module_plan import plan_modules
 from module_db.alias_match import AliasIndex
@@ -36,6 +37,14 @@ def build(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="initrd-composer-nocache-") as scratch:
             return _build(args, Path(scratch))
     return _build(args, default_cache_dir())
+
+
+def build_into(args: argparse.Namespace, scratch: Path) -> Path:
+    """Build the initrd a media verb places, into `scratch`; returns its path."""
+    out = scratch / "initrd.img"
+    build_args = argparse.Namespace(**{**vars(args), "output": out})
+    _build(build_args, scratch if args.no_cache else default_cache_dir())
+    return out
 
 
 def _build(args: argparse.Namespace, cache_dir: Path) -> int:
@@ -74,7 +83,7 @@ def _build(args: argparse.Namespace, cache_dir: Path) -> int:
 
 
 def ls(args: argparse.Namespace) -> int:
-    image = open_image(args.image)
+    image = open_medium(args.image)
     for m in image.members:
         if args.long:
             kind = {"dir": "d", "symlink": "l", "chardev": "c", "blockdev": "b"}.get(m.kind, "-")
@@ -150,7 +159,7 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    image = open_image(args.image)
+    image = open_medium(args.image)
     source = f"{args.image}:{MANIFEST_PATH}"
     try:
         manifest_text = image.read(MANIFEST_PATH).decode()
@@ -187,6 +196,12 @@ def check(args: argparse.Namespace) -> int:
 
 def run_verb(args: argparse.Namespace) -> int:
     handlers = {"build": build, "ls": ls, "deps": deps, "match": match, "explain": explain, "check": check}
+    if args.verb in ("iso", "pxe", "obdr"):
+        from initrd_composer import media_verbs  # noqa: PLC0415
+
+        media: dict[str, Callable[[argparse.Namespace, Callable[[argparse.Namespace, Path], Path]], int]]
+        media = {"iso": media_verbs.iso, "pxe": media_verbs.pxe, "obdr": media_verbs.obdr}
+        return media[args.verb](args, build_into)
     handler = handlers.get(args.verb)
     if handler is None:
         raise UsageError("no verb given", "see `compose-initrd --help`")

@@ -58,10 +58,20 @@ def qemu_argv(
     memory_mb: int = DEFAULT_MEMORY_MB,
     qemu: str = QEMU,
 ) -> list[str]:
+    """The qemu command line for a direct kernel boot (firmware_argv plus -kernel)."""
+    boot = ["-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd), "-append", append]
+    return firmware_argv([*boot, *devices], memory_mb=memory_mb, qemu=qemu)
+
+
+def firmware_argv(
+    devices: Sequence[str], *, memory_mb: int = DEFAULT_MEMORY_MB, qemu: str = QEMU
+) -> list[str]:
     """The qemu command line: TCG (KVM is unusable here), no display, serial on stdio.
 
     -nodefaults drops the implicit NIC, VGA and drives so that the guest sees exactly
     the `devices` given; -no-reboot turns a guest reboot/panic-reboot into a qemu exit.
+    Without -kernel in `devices` the firmware boots (SeaBIOS unless they carry
+    ovmf_args): a CD, a disk or the network, the serial console read as for boot().
     """
     return [
         qemu,
@@ -72,9 +82,6 @@ def qemu_argv(
         "-no-reboot",
         "-serial", "stdio",
         "-monitor", "none",
-        "-kernel", os.fspath(kernel),
-        "-initrd", os.fspath(initrd),
-        "-append", append,
         *devices,
     ]  # fmt: skip
 
@@ -124,7 +131,7 @@ def boot(
     memory_mb: int = DEFAULT_MEMORY_MB,
     qemu: str = QEMU,
 ) -> BootResult:
-    """Boot, stream the console, stop at the first line containing `until`.
+    """Boot KERNEL+INITRD directly (-kernel), stream the console, stop at `until`.
 
     `replies` are typed into the console in order, each once, when a complete line
     containing its trigger appears (the tty buffers input until the shell reads it).
@@ -134,6 +141,58 @@ def boot(
     for path in (kernel, initrd):
         if not Path(path).is_file():
             raise BootError(f"{path}: no such file")
+    return run_console(argv, timeout=timeout, until=until, replies=replies, on_line=on_line)
+
+
+OVMF_DIR = Path("/usr/share/OVMF")
+
+
+def ovmf_args(vars_copy: Path, *, secure_boot: bool = False, ovmf_dir: Path = OVMF_DIR) -> list[str]:
+    """Firmware arguments for a UEFI boot with Debian's OVMF (package ovmf).
+
+    `vars_copy` becomes the VM's writable NVRAM: it is created from the matching template
+    (with Microsoft's keys enrolled and Secure Boot enforced when `secure_boot`).  The
+    Secure Boot build needs SMM, which needs the q35 machine.
+    """
+    code = ovmf_dir / ("OVMF_CODE_4M.ms.fd" if secure_boot else "OVMF_CODE_4M.fd")
+    template = ovmf_dir / ("OVMF_VARS_4M.ms.fd" if secure_boot else "OVMF_VARS_4M.fd")
+    for path in (code, template):
+        if not path.is_file():
+            raise BootError(f"{path}: no such file (install ovmf)")
+    vars_copy.write_bytes(template.read_bytes())
+    machine = ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
+    return [
+        *(machine if secure_boot else ["-machine", "q35"]),
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+    ]  # fmt: skip
+
+
+def boot_firmware(
+    devices: Sequence[str],
+    *,
+    timeout: float = 120.0,
+    until: str = "hwreport:",
+    replies: Sequence[Reply] = (),
+    on_line: Callable[[str], None] | None = None,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    qemu: str = QEMU,
+) -> BootResult:
+    """Boot through the firmware and the boot loader on `devices` (ISO, USB disk, PXE)."""
+    argv = firmware_argv(devices, memory_mb=memory_mb, qemu=qemu)
+    return run_console(argv, timeout=timeout, until=until, replies=replies, on_line=on_line)
+
+
+def run_console(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    until: str,
+    replies: Sequence[Reply] = (),
+    on_line: Callable[[str], None] | None = None,
+) -> BootResult:
+    """Run qemu `argv` (serial on stdio), stream its console, stop at `until`."""
+    qemu = argv[0]
     start = time.monotonic()
     try:
         proc = subprocess.Popen(  # noqa: S603 - argv list, no shell

@@ -8,6 +8,7 @@ import time
 
 PREFIX = "initrd-composer"
 _kmsg: dict[str, int] = {}  # "fd" once /dev/kmsg is open
+_mirrors: list[int] = []  # the other consoles of console=tty0 console=ttyS0 (fds)
 
 
 def uptime() -> float:
@@ -23,6 +24,31 @@ def open_kmsg(path: str = "/dev/kmsg") -> None:
         _kmsg["fd"] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError:
         _kmsg.pop("fd", None)
+
+
+def mirror_consoles(names: list[str]) -> list[str]:
+    """The consoles besides /dev/console, from /sys/class/tty/console/active, whose last
+    entry is the one /dev/console writes to (Documentation/ABI/testing/sysfs-tty)."""
+    return [n for n in names[:-1] if n != names[-1]]
+
+
+def open_mirrors(active: str = "/sys/class/tty/console/active", dev: str = "/dev") -> list[str]:
+    """With more than one console= (the media menus give tty0 and ttyS0), machine lines
+    such as hwreport: go to every one, so a screen sees what the serial port sees.  Log
+    lines need no mirror: they reach every console through /dev/kmsg."""
+    try:
+        with open(active) as f:
+            names = f.read().split()
+    except OSError:
+        return []
+    opened = []
+    for name in mirror_consoles(names):
+        try:
+            _mirrors.append(os.open(os.path.join(dev, name), os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC))
+            opened.append(name)
+        except OSError:
+            pass
+    return opened
 
 
 def log(message: str, level: int = 6) -> None:
@@ -41,9 +67,15 @@ def log(message: str, level: int = 6) -> None:
 
 
 def emit(line: str) -> None:
-    """A machine-readable line (hwreport:) on the console only, unprefixed and whole."""
+    """A machine-readable line (hwreport:) on the consoles only, unprefixed and whole."""
     try:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
     except OSError:
         pass
+    data = (line + "\r\n").encode(errors="replace")
+    for fd in _mirrors:
+        try:
+            os.write(fd, data)
+        except OSError:
+            pass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from initrd_composer.boot.console import log, open_kmsg
+from initrd_composer.boot.console import log, open_kmsg, open_mirrors
 from initrd_composer.boot.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, mount
 
 # (fstype, target, flags, data)
@@ -41,6 +41,7 @@ def mount_pseudo_filesystems() -> list[str]:
             if exc.errno != 16:  # EBUSY: already mounted (kernel automounted devtmpfs)
                 problems.append(str(exc))
     open_kmsg()
+    open_mirrors()
     for link, target in (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
                          ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2")):
         if not os.path.lexists(link):
