@@ -59,7 +59,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="verb", parser_class=_Parser)
     _build_args(sub.add_parser("build", help="build an image (the default verb)"))
-    p = sub.add_parser("ls", help="list the files of an image, like lsinitramfs")
+    p = sub.add_parser("ls", help="list an initrd's files (also on an ISO or OBDR tape), like lsinitramfs")
     p.add_argument("image", type=Path)
     p.add_argument("-l", "--long", action="store_true", help="mode, size and link target too")
     p = sub.add_parser("explain", help="why a module is (or is not) in the image")

@@ -25,6 +25,7 @@ FAT image is made with fixed ids, and the same inputs give the same bytes.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -180,6 +181,9 @@ def write_iso(
     check_capacity(estimate, opts, what)
     epoch = media_epoch(payload)
     with _staging() as staging, atomic_path(output) as tmp:
+        if shutil.disk_usage(tmp.parent).free < estimate:
+            # xorriso would fail half-way with a message of its own: say it plainly first.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         _stage(staging, payload, spec, found, epoch)
         env = {"SOURCE_DATE_EPOCH": str(epoch)}
         run(xorriso_argv(tmp, staging, payload, opts, mbr=found["isohdpfx.bin"], epoch=epoch), env=env)

@@ -223,12 +223,24 @@ class _Session:
 
 
 def _copy(path: Path, sink: _BlockSink) -> None:
+    """The ISO into the sink; only errors reading the ISO are the ISO's (a full disk under
+    a tape image is the target's, reported by the caller)."""
+    def unreadable(exc: OSError) -> ComposeError:
+        return ComposeError(f"cannot read the boot ISO {path}: {exc.strerror}", "rebuild the ISO")
+
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                sink.write(chunk)
+        f = open(path, "rb")
     except OSError as exc:
-        raise ComposeError(f"cannot read the boot ISO {path}: {exc.strerror}", "rebuild the ISO") from exc
+        raise unreadable(exc) from exc
+    with f:
+        while True:
+            try:
+                chunk = f.read(_CHUNK)
+            except OSError as exc:
+                raise unreadable(exc) from exc
+            if not chunk:
+                break
+            sink.write(chunk)
 
 
 def _write_plan(plan: ArchivePlan, sink: _BlockSink) -> None:

@@ -206,3 +206,27 @@ def test_mbr_partition_table_is_well_formed(iso: Path) -> None:
         if entry[4]:
             start, count = struct.unpack_from("<II", entry, 8)
             assert start + count <= size_sectors
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("verb", ["iso", "obdr"])
+def test_full_disk_leaves_the_old_medium_and_no_temp(
+    all_nics_image: BuiltImage, build_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    verb: str,
+) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", mnt])
+    try:
+        target = mnt / ("r.iso" if verb == "iso" else "tape")
+        if verb == "iso":
+            target.write_bytes(b"the previous ISO")
+        with build_env(build_cache, EPOCH):
+            assert cli.main([verb, "--initrd", str(all_nics_image.path), "-o", str(target)]) == 1
+        assert _error(capsys)[0] == f"compose-initrd: error: no space left on device writing {target}"
+        left = sorted(p.name for p in mnt.iterdir())
+        assert left == (["r.iso"] if verb == "iso" else []), left
+        if verb == "iso":
+            assert target.read_bytes() == b"the previous ISO"
+    finally:
+        run(["umount", mnt])
