@@ -192,3 +192,38 @@ def test_unsigned_module_is_refused_under_secure_boot(
     assert "e1000" not in _netdev_drivers(report)
     loaded = report["loaded"]
     assert isinstance(loaded, list) and {"ahci", "sr_mod"} <= set(loaded)  # signed ones still load
+
+
+DOWN = "\x1b[B"  # what a serial terminal sends for the down arrow
+
+
+@pytest.fixture(scope="module")
+def waiting_iso(
+    all_nics_image: BuiltImage, build_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Default entry `interactive`, no timeout: the menu waits for a key."""
+    out = tmp_path_factory.mktemp("waiting") / "rescue.iso"
+    with build_env(build_cache, EPOCH):
+        assert cli.main(["iso", "--initrd", str(all_nics_image.path), "--timeout", "0", "-o", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    ("firmware", "trigger"),
+    [
+        pytest.param("bios", "ISOLINUX", marks=pytest.mark.xdist_group("iso-bios")),
+        pytest.param("uefi", "Press enter to boot", marks=pytest.mark.xdist_group("iso-uefi")),
+    ],
+)
+def test_menu_is_driven_over_the_serial_port(
+    waiting_iso: Path, tmp_path: Path, firmware: str, trigger: str
+) -> None:
+    """Four times down from `interactive` is `probe` (isolinux's menu.c32 and GRUB alike)."""
+    devices = cdrom(waiting_iso) if firmware == "bios" else [
+        *qemu_boot.ovmf_args(tmp_path / "vars.fd"), *cdrom(waiting_iso, "ide.0")]
+    result = qemu_boot.boot_firmware(
+        devices, timeout=60, until="Command line:", replies=[qemu_boot.Reply(trigger, DOWN * 4 + "\r")]
+    )
+    assert result.reason == "matched", "\n".join(result.lines[-20:])
+    assert result.matched_line is not None
+    assert result.matched_line.split()[3:6] == ["console=tty0", "console=ttyS0,115200n8", "probe"]
