@@ -98,8 +98,10 @@ def pxe(args: argparse.Namespace, build: Builder) -> int:
     loaders = LoaderFiles(args.loader_root)
     opts = PxeOptions.from_args(args)
     with payload(args, build) as placed:
-        write_pxe_tree(args.output, placed, spec, loaders, opts)
+        tree = write_pxe_tree(args.output, placed, spec, loaders, opts)
         _report("pxe", args.output, placed)
+    print(f"{tree.path}: {len(tree.files)} files; default entry: {tree.cmdline}")
+    print(f"{tree.dnsmasq_conf}: proxy-DHCP + TFTP for an existing dnsmasq (see docs/pxe.md)")
     return 0
 
 

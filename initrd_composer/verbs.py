@@ -43,11 +43,12 @@ def build_into(args: argparse.Namespace, scratch: Path) -> Path:
     """Build the initrd a media verb places, into `scratch`; returns its path."""
     out = scratch / "initrd.img"
     build_args = argparse.Namespace(**{**vars(args), "output": out})
-    _build(build_args, scratch if args.no_cache else default_cache_dir())
+    # The scratch file is gone once the medium holds its copy: name it as the medium does.
+    _build(build_args, scratch if args.no_cache else default_cache_dir(), shown_as="initrd.img")
     return out
 
 
-def _build(args: argparse.Namespace, cache_dir: Path) -> int:
+def _build(args: argparse.Namespace, cache_dir: Path, shown_as: str | None = None) -> int:
     opts = BuildOptions(
         output=Path("."),  # replaced below once the kernel version is known
         kernel=args.kernel,
@@ -72,13 +73,15 @@ def _build(args: argparse.Namespace, cache_dir: Path) -> int:
     for warning in report.warnings:
         _warn(warning)
     classes = ", ".join(f"{k} {v}" for k, v in modules_summary(plan).items())
+    name = shown_as or report.output
     print(
-        f"{report.output}: {report.size / 2**20:.1f} MiB, kernel {report.kernel}, "
+        f"{name}: {report.size / 2**20:.1f} MiB, kernel {report.kernel}, "
         f"{report.modules} modules ({classes}), firmware {report.firmware_present} packed "
         f"/ {len(report.firmware_missing)} missing, {'with' if report.microcode else 'no'} microcode, "
         f"{report.seconds:.2f} s"
     )
-    print(f"sha256 {report.sha256}  {report.output}")
+    if shown_as is None:  # a media verb prints the sha256 of what it placed
+        print(f"sha256 {report.sha256}  {report.output}")
     return 0
 
 

@@ -156,3 +156,14 @@ def fake_kernel_dir(
 def fake_copy(fake_kernel_dir: Path, dest: Path) -> Path:
     """A private copy of the fake kernel (dest/VERSION) to damage."""
     return Path(shutil.copytree(fake_kernel_dir, dest / fake_kernel_dir.name))
+
+
+def loader_root_without(dest: Path, missing: str) -> Path:
+    """A --loader-root holding every boot loader file the media need but `missing`."""
+    from initrd_composer.loader_files import LOADERS  # noqa: PLC0415 - only these tests need it
+
+    for name, (rel, _package) in LOADERS.items():
+        if name != missing:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path("/") / rel, dest / rel)
+    return dest

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from initrd_composer.iso_image import EFI_FILES, SECTOR
 from initrd_composer.loader_files import LOADERS
 from initrd_composer.medium_reader import ISO_INITRD, iso_member, open_medium
 from initrd_composer.runner import run
-from tests.image_fixtures import EPOCH, BuiltImage, build_env
+from tests.image_fixtures import EPOCH, BuiltImage, build_env, loader_root_without
 
 pytest_plugins = ("tests.image_fixtures",)
 
@@ -153,11 +152,7 @@ def test_data_larger_than_the_medium_is_refused_before_writing(
 def test_missing_loader_file_names_its_package(
     all_nics_image: BuiltImage, build_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = tmp_path / "loaders"
-    for name, (rel, _pkg) in LOADERS.items():
-        if name != "gcdx64.efi":
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path("/") / rel, root / rel)
+    root = loader_root_without(tmp_path / "loaders", "gcdx64.efi")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     argv = ["--initrd", str(all_nics_image.path), "--loader-root", str(root), "-o", str(out_dir / "r.iso")]
