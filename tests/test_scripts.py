@@ -95,6 +95,20 @@ def test_qemu_argv_is_tcg_serial_stdio_with_devices_last() -> None:
     assert "-no-reboot" in argv and "-nodefaults" in argv
 
 
+def test_ovmf_args_copy_the_vars_template_and_pick_secure_boot(tmp_path: Path) -> None:
+    plain = qemu_boot.ovmf_args(tmp_path / "plain.fd")
+    secure = qemu_boot.ovmf_args(tmp_path / "secure.fd", secure_boot=True)
+    assert (tmp_path / "secure.fd").read_bytes() == (qemu_boot.OVMF_DIR / "OVMF_VARS_4M.ms.fd").read_bytes()
+    assert any("OVMF_CODE_4M.fd" in a for a in plain) and "q35" in plain
+    assert any("OVMF_CODE_4M.ms.fd" in a for a in secure) and "q35,smm=on" in secure
+
+
+def test_ovmf_args_name_a_missing_firmware_file(tmp_path: Path) -> None:
+    with pytest.raises(qemu_boot.BootError, match=r"OVMF_CODE_4M.ms.fd: no such file \(install ovmf\)"):
+        qemu_boot.ovmf_args(tmp_path / "vars.fd", secure_boot=True, ovmf_dir=tmp_path)
+    assert not (tmp_path / "vars.fd").exists()
+
+
 def test_console_reader_joins_chunks_and_drops_carriage_returns() -> None:
     reader = qemu_boot._ConsoleReader()
     assert reader.feed(b"[ 0.1] Linux ver") == []
