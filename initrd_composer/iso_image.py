@@ -44,6 +44,7 @@ from initrd_composer.runner import run
 SECTOR = 2048
 EFI_FILES = {"BOOTX64.EFI": "shimx64.efi", "grubx64.efi": "gcdx64.efi", "mmx64.efi": "mmx64.efi"}
 BIOS_LOADERS = ("isolinux.bin", "isohdpfx.bin", "ldlinux.c32", *SYSLINUX_MENU_FILES)
+ISO_LOADERS = (*BIOS_LOADERS, *EFI_FILES.values())
 # ISO 9660 metadata, boot catalogue, El Torito images, alignment: generous, checked after.
 OVERHEAD = 4 * 2**20
 
@@ -173,7 +174,7 @@ def write_iso(
 ) -> IsoResult:
     """Write the ISO at `output` (all or nothing); errors before any byte is written when a
     loader file is missing or the data cannot fit."""
-    found = loaders.require(*BIOS_LOADERS, *EFI_FILES.values())
+    found = loaders.require(*ISO_LOADERS)
     data_bytes = tree_bytes(opts.data) if opts.data is not None else 0
     boot_files = _sectors(payload.initrd_size) + _sectors(payload.vmlinuz.stat().st_size)
     estimate = OVERHEAD + data_bytes + boot_files

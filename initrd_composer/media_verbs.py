@@ -10,10 +10,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from initrd_composer.atomic_output import check_output_dir
 from initrd_composer.boot_menus import MenuSpec, check_words, parse_serial
 from initrd_composer.errors import ComposeError, UsageError
 from initrd_composer.loader_files import LoaderFiles
-from initrd_composer.media_payload import BootPayload, find_vmlinuz, payload_from_files, sha256_file
+from initrd_composer.media_payload import (
+    BootPayload,
+    find_vmlinuz,
+    initrd_kernel_version,
+    payload_from_files,
+    sha256_file,
+)
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 # Nominal capacities of the usual discs, in bytes (what burning software accepts).
@@ -63,8 +70,6 @@ def payload(args: argparse.Namespace, build: Builder) -> Iterator[BootPayload]:
         return
     with tempfile.TemporaryDirectory(prefix="initrd-composer-media-") as scratch:
         initrd = build(args, Path(scratch))
-        from initrd_composer.media_payload import initrd_kernel_version  # noqa: PLC0415
-
         version = initrd_kernel_version(initrd)
         kernel = find_vmlinuz(version, args.root, args.vmlinuz)
         yield BootPayload(version, kernel, initrd, sha256_file(initrd))
@@ -77,10 +82,12 @@ def _report(kind: str, where: Path | str, placed: BootPayload) -> None:
 
 
 def iso(args: argparse.Namespace, build: Builder) -> int:
-    from initrd_composer.iso_image import IsoOptions, write_iso  # noqa: PLC0415
+    from initrd_composer.iso_image import ISO_LOADERS, IsoOptions, write_iso  # noqa: PLC0415
 
     spec = menu_spec(args)
     loaders = LoaderFiles(args.loader_root)
+    loaders.require(*ISO_LOADERS)  # before a build, not after it
+    check_output_dir(args.output)
     data = _data_dir(args)
     opts = IsoOptions(volume_id=args.volume_id, capacity=parse_size(args.media_size), data=data)
     with payload(args, build) as placed:
@@ -92,10 +99,11 @@ def iso(args: argparse.Namespace, build: Builder) -> int:
 
 
 def pxe(args: argparse.Namespace, build: Builder) -> int:
-    from initrd_composer.pxe_tree import PxeOptions, write_pxe_tree  # noqa: PLC0415
+    from initrd_composer.pxe_tree import PXE_LOADERS, PxeOptions, write_pxe_tree  # noqa: PLC0415
 
     spec = menu_spec(args)
     loaders = LoaderFiles(args.loader_root)
+    loaders.require(*PXE_LOADERS)
     opts = PxeOptions.from_args(args)
     with payload(args, build) as placed:
         tree = write_pxe_tree(args.output, placed, spec, loaders, opts)
@@ -106,11 +114,12 @@ def pxe(args: argparse.Namespace, build: Builder) -> int:
 
 
 def obdr(args: argparse.Namespace, build: Builder) -> int:
-    from initrd_composer.iso_image import IsoOptions, write_iso  # noqa: PLC0415
+    from initrd_composer.iso_image import ISO_LOADERS, IsoOptions, write_iso  # noqa: PLC0415
     from initrd_composer.obdr_writer import write_obdr  # noqa: PLC0415
 
     spec = menu_spec(args)
     loaders = LoaderFiles(args.loader_root)
+    loaders.require(*ISO_LOADERS)
     data = _data_dir(args)
     capacity = parse_size(args.capacity)
     if args.block_size <= 0 or args.block_size % 512:

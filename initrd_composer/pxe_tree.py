@@ -56,6 +56,7 @@ BIOS_FILES = ("pxelinux.0", "ldlinux.c32", *SYSLINUX_MENU_FILES)
 # Name in the tree -> LoaderFiles name.  shim asks the TFTP server for "grubx64.efi"
 # (and "mmx64.efi") in the directory it was itself loaded from.
 EFI_FILES = {"bootx64.efi": "shimx64.efi", "grubx64.efi": "grubnetx64.efi", "mmx64.efi": "mmx64.efi"}
+PXE_LOADERS = (*BIOS_FILES, *EFI_FILES.values())
 # The booting NIC's MAC in each loader's own syntax; /init's BOOTIF= takes both forms.
 IPXE_BOOTIF = "BOOTIF=01-${netX/mac:hexhyp}"
 GRUB_BOOTIF = "BOOTIF=01-${net_default_mac}"
@@ -241,7 +242,7 @@ def write_pxe_tree(
     """Write the tree at `out`, all or nothing: built in a hidden sibling directory and
     renamed into place.  Missing loader files and an `out` that is not ours fail first."""
     out = Path(out).absolute()
-    found = loaders.require(*BIOS_FILES, *EFI_FILES.values())
+    found = loaders.require(*PXE_LOADERS)
     _check_target(out)
     configs = _loader_configs(menu, opts)
     try:
