@@ -19,7 +19,6 @@ from initrd_composer.media_payload import (
     find_vmlinuz,
     initrd_kernel_version,
     payload_from_files,
-    sha256_file,
 )
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -58,7 +57,8 @@ def _data_dir(args: argparse.Namespace) -> Path | None:
 
 
 _ON_OFF = {True: "on", False: "off", None: "as the drive had it"}
-Builder = Callable[[argparse.Namespace, Path], Path]
+# Builds the initrd into a scratch directory: (its path, its sha256).
+Builder = Callable[[argparse.Namespace, Path], tuple[Path, str]]
 
 
 @contextmanager
@@ -69,10 +69,10 @@ def payload(args: argparse.Namespace, build: Builder) -> Iterator[BootPayload]:
         yield payload_from_files(args.initrd, args.vmlinuz, args.root)
         return
     with tempfile.TemporaryDirectory(prefix="initrd-composer-media-") as scratch:
-        initrd = build(args, Path(scratch))
+        initrd, sha256 = build(args, Path(scratch))  # hashed as it was written
         version = initrd_kernel_version(initrd)
         kernel = find_vmlinuz(version, args.root, args.vmlinuz)
-        yield BootPayload(version, kernel, initrd, sha256_file(initrd))
+        yield BootPayload(version, kernel, initrd, sha256)
 
 
 def _report(kind: str, where: Path | str, placed: BootPayload) -> None:

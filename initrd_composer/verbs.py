@@ -10,7 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from initrd_composer.atomic_output import check_output_dir
-from initrd_composer.compose import BuildOptions, build_image, load_kernel, modules_summary, plan_image
+from initrd_composer.compose import (
+    BuildOptions,
+    BuildReport,
+    build_image,
+    load_kernel,
+    modules_summary,
+    plan_image,
+)
 from initrd_composer.errors import ComposeError, UsageError
 from initrd_composer.host_nics import host_nic_modules
 from initrd_composer.medium_reader import open_medium
@@ -35,20 +42,22 @@ def build(args: argparse.Namespace) -> int:
         check_output_dir(args.output)
     if args.no_cache:
         with tempfile.TemporaryDirectory(prefix="initrd-composer-nocache-") as scratch:
-            return _build(args, Path(scratch))
-    return _build(args, default_cache_dir())
+            _build(args, Path(scratch))
+    else:
+        _build(args, default_cache_dir())
+    return 0
 
 
-def build_into(args: argparse.Namespace, scratch: Path) -> Path:
-    """Build the initrd a media verb places, into `scratch`; returns its path."""
+def build_into(args: argparse.Namespace, scratch: Path) -> tuple[Path, str]:
+    """Build the initrd a media verb places, into `scratch`; returns its path and sha256."""
     out = scratch / "initrd.img"
     build_args = argparse.Namespace(**{**vars(args), "output": out})
     # The scratch file is gone once the medium holds its copy: name it as the medium does.
-    _build(build_args, scratch if args.no_cache else default_cache_dir(), shown_as="initrd.img")
-    return out
+    report = _build(build_args, scratch if args.no_cache else default_cache_dir(), shown_as="initrd.img")
+    return out, report.sha256
 
 
-def _build(args: argparse.Namespace, cache_dir: Path, shown_as: str | None = None) -> int:
+def _build(args: argparse.Namespace, cache_dir: Path, shown_as: str | None = None) -> BuildReport:
     opts = BuildOptions(
         output=Path("."),  # replaced below once the kernel version is known
         kernel=args.kernel,
@@ -82,7 +91,7 @@ def _build(args: argparse.Namespace, cache_dir: Path, shown_as: str | None = Non
     )
     if shown_as is None:  # a media verb prints the sha256 of what it placed
         print(f"sha256 {report.sha256}  {report.output}")
-    return 0
+    return report
 
 
 def ls(args: argparse.Namespace) -> int:
@@ -202,7 +211,7 @@ def run_verb(args: argparse.Namespace) -> int:
     if args.verb in ("iso", "pxe", "obdr"):
         from initrd_composer import media_verbs  # noqa: PLC0415
 
-        media: dict[str, Callable[[argparse.Namespace, Callable[[argparse.Namespace, Path], Path]], int]]
+        media: dict[str, Callable[[argparse.Namespace, media_verbs.Builder], int]]
         media = {"iso": media_verbs.iso, "pxe": media_verbs.pxe, "obdr": media_verbs.obdr}
         return media[args.verb](args, build_into)
     handler = handlers.get(args.verb)
