@@ -1,5 +1,5 @@
 """python -m initrd_composer: the compose-initrd command."""
 
-from initrd_composer.cli import entry
+from initrd_composer.cli.main import entry
 
 entry()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer import cli
-from initrd_composer.image_reader import InitrdImage, open_image
+from initrd_composer.cli import main as cli
+from initrd_composer.image.reader import InitrdImage, open_image
 from module_db.contract import MANIFEST_PATH, ImageManifest
 from module_db.kernel_modules import KernelModules
 
@@ -160,7 +160,7 @@ def fake_copy(fake_kernel_dir: Path, dest: Path) -> Path:
 
 def loader_root_without(dest: Path, missing: str) -> Path:
     """A --loader-root holding every boot loader file the media need but `missing`."""
-    from initrd_composer.loader_files import LOADERS  # noqa: PLC0415 - only these tests need it
+    from initrd_composer.media.loader_files import LOADERS  # noqa: PLC0415 - only these tests need it
 
     for name, (rel, _package) in LOADERS.items():
         if name != missing:

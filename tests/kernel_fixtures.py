@@ -10,7 +10,7 @@ from pathlib import Path
 
 import zstandard
 
-from initrd_composer.kernel_locate import installed_versions
+from initrd_composer.build.kernel_locate import installed_versions
 from initrd_composer.runner import run
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from initrd_composer.atomic_output import atomic_output
-from initrd_composer.compression import compressing
-from initrd_composer.cpio_writer import write_cpio
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import data_entry
+from initrd_composer.image.compression import compressing
+from initrd_composer.image.cpio_writer import write_cpio
+from initrd_composer.image.entries import data_entry
 from initrd_composer.runner import run
 
 

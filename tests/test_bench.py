@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from initrd_composer.compression import compress_bytes
-from initrd_composer.cpio_writer import cpio_bytes
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import data_entry, dir_entry
+from initrd_composer.image.compression import compress_bytes
+from initrd_composer.image.cpio_writer import cpio_bytes
+from initrd_composer.image.entries import data_entry, dir_entry
 from module_db.alias_match import AliasIndex
 from module_db.index_files import AliasLine
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer import cli
+from initrd_composer.cli import main as cli
 from module_db.kernel_modules import KernelModules
 from tests.image_fixtures import EPOCH, BuiltImage, build, build_env, fake_kernel
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer import cli
 from initrd_composer.boot.tape import TapeImageDir, copy_tape_file, parse_obdr_label
-from initrd_composer.medium_reader import open_medium
+from initrd_composer.cli import main as cli
+from initrd_composer.media.medium_reader import open_medium
 from tests.image_fixtures import EPOCH, BuiltImage, build_env
 from tests.test_boot_iso import E1000, cdrom, report_of
 

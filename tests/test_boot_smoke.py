@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer.cli import main
+from initrd_composer.cli.main import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import qemu_boot

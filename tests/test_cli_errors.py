@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer import cli
+from initrd_composer.cli import main as cli
 from initrd_composer.runner import run
 from tests.image_fixtures import compose, fake_copy
 

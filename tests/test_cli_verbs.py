@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer import cli
+from initrd_composer.cli import main as cli
 from initrd_composer.runner import run
 from module_db.alias_match import AliasIndex
 from module_db.kernel_modules import KernelModules

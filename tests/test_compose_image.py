@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from initrd_composer import cli
-from initrd_composer.compression import decompress_prefix
+from initrd_composer.cli import main as cli
+from initrd_composer.image.compression import decompress_prefix
 from initrd_composer.runner import run
 from module_db.classify import classify
 from module_db.kernel_modules import KernelModules

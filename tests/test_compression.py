@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from initrd_composer.compression import (
+from initrd_composer.errors import ComposeError, UsageError
+from initrd_composer.image.compression import (
     DEFAULT_LEVELS,
     compress_bytes,
     compressing,
@@ -35,7 +36,6 @@ from initrd_composer.compression import (
     detect_compression,
     resolve_level,
 )
-from initrd_composer.errors import ComposeError, UsageError
 from initrd_composer.runner import run
 
 MODULES = Path("/lib/modules")

@@ -9,9 +9,9 @@ from pathlib import Path
 import libarchive
 import pytest
 
-from initrd_composer.cpio_writer import cpio_bytes, plan_archive, write_cpio
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import (
+from initrd_composer.image.cpio_writer import cpio_bytes, plan_archive, write_cpio
+from initrd_composer.image.entries import (
     Entry,
     chardev_entry,
     data_entry,
@@ -19,7 +19,7 @@ from initrd_composer.image_entries import (
     file_entry,
     symlink_entry,
 )
-from initrd_composer.image_reader import parse_image
+from initrd_composer.image.reader import parse_image
 from initrd_composer.runner import run
 
 EPOCH = 1_700_000_000

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer.elf_closure import (
+from initrd_composer.build.elf_closure import (
     ElfInfo,
     cache_pairs_for_entries,
     elf_closure,
@@ -21,7 +21,7 @@ from initrd_composer.elf_closure import (
     resolve_elf_closure,
 )
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import Entry, data_entry, dir_entry, symlink_entry
+from initrd_composer.image.entries import Entry, data_entry, dir_entry, symlink_entry
 from initrd_composer.runner import run
 
 EM_X86_64 = 62

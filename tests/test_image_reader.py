@@ -9,17 +9,17 @@ from pathlib import Path
 import libarchive
 import pytest
 
-from initrd_composer.compression import compress_bytes, compressing
-from initrd_composer.cpio_writer import cpio_bytes, write_cpio
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import (
+from initrd_composer.image.compression import compress_bytes, compressing
+from initrd_composer.image.cpio_writer import cpio_bytes, write_cpio
+from initrd_composer.image.entries import (
     Entry,
     chardev_entry,
     data_entry,
     dir_entry,
     symlink_entry,
 )
-from initrd_composer.image_reader import list_paths, open_image, parse_image, read_member
+from initrd_composer.image.reader import list_paths, open_image, parse_image, read_member
 from initrd_composer.runner import run
 
 EPOCH = 1_700_000_000

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer import cli
-from initrd_composer.image_reader import open_image
-from initrd_composer.iso_image import EFI_FILES, SECTOR
-from initrd_composer.loader_files import LOADERS
-from initrd_composer.medium_reader import ISO_INITRD, iso_member, open_medium
+from initrd_composer.cli import main as cli
+from initrd_composer.image.reader import open_image
+from initrd_composer.media.iso_image import EFI_FILES, SECTOR
+from initrd_composer.media.loader_files import LOADERS
+from initrd_composer.media.medium_reader import ISO_INITRD, iso_member, open_medium
 from initrd_composer.runner import run
 from tests.image_fixtures import EPOCH, BuiltImage, build_env, loader_root_without
 

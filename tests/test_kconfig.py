@@ -4,14 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer.errors import ComposeError
-from initrd_composer.kconfig import (
+from initrd_composer.build.kconfig import (
     KernelConfig,
     check_compressor,
     kernel_config_candidates,
     load_kernel_config,
     parse_kernel_config,
 )
+from initrd_composer.errors import ComposeError
 
 KVER = "6.1.0-99-amd64"
 CONFIG = """\

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer.elf_closure import elf_closure
-from initrd_composer.ldcache import CACHE_MAGIC, build_ld_so_cache, dl_cache_libcmp
-from initrd_composer.materialize import materialize
+from initrd_composer.build.elf_closure import elf_closure
+from initrd_composer.build.ldcache import CACHE_MAGIC, build_ld_so_cache, dl_cache_libcmp
+from initrd_composer.image.materialize import materialize
 from initrd_composer.runner import run
 
 HOST_CACHE = Path("/etc/ld.so.cache")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer import cli
 from initrd_composer.boot.tape import TapeImageDir
-from initrd_composer.medium_reader import ISO_INITRD, iso_member
+from initrd_composer.cli import main as cli
+from initrd_composer.media.medium_reader import ISO_INITRD, iso_member
 from tests.image_fixtures import EPOCH, BuiltImage, build_env
 
 pytest_plugins = ("tests.image_fixtures",)

@@ -4,11 +4,11 @@ import io
 import shutil
 from pathlib import Path
 
-from initrd_composer.compression import compressing
-from initrd_composer.cpio_writer import write_cpio
-from initrd_composer.image_entries import data_entry
-from initrd_composer.image_reader import list_paths, open_image, parse_image
-from initrd_composer.microcode import microcode_entries, microcode_segment
+from initrd_composer.build.microcode import microcode_entries, microcode_segment
+from initrd_composer.image.compression import compressing
+from initrd_composer.image.cpio_writer import write_cpio
+from initrd_composer.image.entries import data_entry
+from initrd_composer.image.reader import list_paths, open_image, parse_image
 from initrd_composer.runner import run
 
 EPOCH = 1_700_000_000

@@ -10,14 +10,14 @@ import pytest
 import zstandard
 from elftools.elf.elffile import ELFFile
 
-from initrd_composer.errors import ComposeError
-from initrd_composer.module_files import (
+from initrd_composer.build.module_files import (
     ModinfoCache,
     decompressed_name,
     modinfo_from_elf,
     modinfo_section_fast,
     read_module,
 )
+from initrd_composer.errors import ComposeError
 from module_db.kernel_modules import KernelModules
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer import obdr_writer
 from initrd_composer.boot.tape import (
     DeviceTape,
     TapeImageDir,
@@ -24,9 +23,10 @@ from initrd_composer.boot.tape import (
     parse_obdr_label,
     read_tape_file,
 )
-from initrd_composer.data_archive import padded, plan_archive, write_archive
 from initrd_composer.errors import ComposeError
-from initrd_composer.obdr_writer import obdr_image_iso, read_obdr_iso, read_obdr_label, write_obdr
+from initrd_composer.media import obdr_writer
+from initrd_composer.media.data_archive import padded, plan_archive, write_archive
+from initrd_composer.media.obdr_writer import obdr_image_iso, read_obdr_iso, read_obdr_label, write_obdr
 from initrd_composer.runner import run
 from tests.test_tape import DriveModel, Record
 

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer import module_files, python_runtime
-from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import Entry
-from initrd_composer.python_runtime import (
+from initrd_composer.build import module_files, python_runtime
+from initrd_composer.build.python_runtime import (
     BOOT_PYTHON_DIR,
     analyse_imports,
     compile_pycs,
     find_boot_packages,
     plan_python_runtime,
 )
+from initrd_composer.errors import ComposeError
+from initrd_composer.image.entries import Entry
 from initrd_composer.runner import run
 
 TARGET = Path("/usr/bin/python3.11")

@@ -9,23 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer.elf_closure import RootFS, merge_entries
+from initrd_composer.build.elf_closure import RootFS, merge_entries
+from initrd_composer.build.python_runtime import plan_python_runtime
+from initrd_composer.build.tools_runtime import (
+    applet_entries,
+    list_busybox_applets,
+    plan_tools_runtime,
+)
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import (
+from initrd_composer.image.entries import (
     Entry,
     chardev_entry,
     data_entry,
     dir_entry,
     symlink_entry,
 )
-from initrd_composer.materialize import materialize
-from initrd_composer.python_runtime import plan_python_runtime
+from initrd_composer.image.materialize import materialize
 from initrd_composer.runner import run
-from initrd_composer.tools_runtime import (
-    applet_entries,
-    list_busybox_applets,
-    plan_tools_runtime,
-)
 
 
 def _by_path(entries: list[Entry]) -> dict[str, Entry]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import zstandard
 
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import Entry, data_entry, file_entry
+from initrd_composer.image.entries import Entry, data_entry, file_entry
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from initrd_composer.compression import decompress_prefix, detect_compression
 from initrd_composer.errors import ComposeError
+from initrd_composer.image.compression import decompress_prefix, detect_compression
 
 _HEADER_LEN = 110
 _TRAILER = "TRAILER!!!"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from initrd_composer.cpio_writer import cpio_bytes
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import Entry, data_entry
+from initrd_composer.image.cpio_writer import cpio_bytes
+from initrd_composer.image.entries import Entry, data_entry
 
 EARLY_DIR = "kernel/x86/microcode"
 

@@ -10,7 +10,7 @@ import libarchive
 from libarchive.exception import ArchiveError
 
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_reader import InitrdImage, open_image, parse_image
+from initrd_composer.image.reader import InitrdImage, open_image, parse_image
 
 ISO_INITRD = "boot/initrd.img"
 _ISO_MAGIC_AT = 0x8001  # "CD001" in the primary volume descriptor (sector 16)
@@ -38,7 +38,7 @@ def iso_member(iso: Path | bytes, member: str, name: str) -> bytes:
 
 
 def _obdr_iso(target: Path) -> bytes:
-    from initrd_composer.obdr_writer import read_obdr_iso  # noqa: PLC0415
+    from initrd_composer.media.obdr_writer import read_obdr_iso  # noqa: PLC0415
 
     return read_obdr_iso(target)
 

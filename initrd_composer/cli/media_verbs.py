@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from initrd_composer.atomic_output import check_output_dir
-from initrd_composer.boot_menus import MenuSpec, check_words, parse_serial
 from initrd_composer.errors import ComposeError, UsageError
-from initrd_composer.loader_files import LoaderFiles
-from initrd_composer.media_payload import (
+from initrd_composer.media.boot_menus import MenuSpec, check_words, parse_serial
+from initrd_composer.media.loader_files import LoaderFiles
+from initrd_composer.media.payload import (
     BootPayload,
     find_vmlinuz,
     initrd_kernel_version,
@@ -82,7 +82,7 @@ def _report(kind: str, where: Path | str, placed: BootPayload) -> None:
 
 
 def iso(args: argparse.Namespace, build: Builder) -> int:
-    from initrd_composer.iso_image import ISO_LOADERS, IsoOptions, write_iso  # noqa: PLC0415
+    from initrd_composer.media.iso_image import ISO_LOADERS, IsoOptions, write_iso  # noqa: PLC0415
 
     spec = menu_spec(args)
     loaders = LoaderFiles(args.loader_root)
@@ -99,7 +99,7 @@ def iso(args: argparse.Namespace, build: Builder) -> int:
 
 
 def pxe(args: argparse.Namespace, build: Builder) -> int:
-    from initrd_composer.pxe_tree import PXE_LOADERS, PxeOptions, write_pxe_tree  # noqa: PLC0415
+    from initrd_composer.media.pxe_tree import PXE_LOADERS, PxeOptions, write_pxe_tree  # noqa: PLC0415
 
     spec = menu_spec(args)
     loaders = LoaderFiles(args.loader_root)
@@ -114,8 +114,8 @@ def pxe(args: argparse.Namespace, build: Builder) -> int:
 
 
 def obdr(args: argparse.Namespace, build: Builder) -> int:
-    from initrd_composer.iso_image import ISO_LOADERS, IsoOptions, write_iso  # noqa: PLC0415
-    from initrd_composer.obdr_writer import write_obdr  # noqa: PLC0415
+    from initrd_composer.media.iso_image import ISO_LOADERS, IsoOptions, write_iso  # noqa: PLC0415
+    from initrd_composer.media.obdr_writer import write_obdr  # noqa: PLC0415
 
     spec = menu_spec(args)
     loaders = LoaderFiles(args.loader_root)

@@ -33,7 +33,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from initrd_composer.boot.cmdline import parse_cmdline
-from initrd_composer.boot_menus import (
+from initrd_composer.errors import ComposeError, UsageError
+from initrd_composer.media.boot_menus import (
     SYSLINUX_MENU_FILES,
     MenuSpec,
     check_words,
@@ -42,9 +43,8 @@ from initrd_composer.boot_menus import (
     mac_config_name,
     syslinux_cfg,
 )
-from initrd_composer.errors import ComposeError, UsageError
-from initrd_composer.loader_files import LoaderFiles
-from initrd_composer.media_payload import BootPayload, sha256_file
+from initrd_composer.media.loader_files import LoaderFiles
+from initrd_composer.media.payload import BootPayload, sha256_file
 
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"

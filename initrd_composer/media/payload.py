@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_reader import open_image
+from initrd_composer.image.reader import open_image
 from module_db.contract import MANIFEST_PATH, ImageManifest
 
 

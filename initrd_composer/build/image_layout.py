@@ -7,8 +7,8 @@ import importlib.resources
 from collections.abc import Iterable
 from pathlib import Path
 
-from initrd_composer.elf_closure import merge_entries
-from initrd_composer.image_entries import Entry, data_entry, dir_entry
+from initrd_composer.build.elf_closure import merge_entries
+from initrd_composer.image.entries import Entry, data_entry, dir_entry
 
 BOOT_PYTHON_DIR = "/usr/lib/initrd-composer/python"
 # Mount points and scratch directories /init expects before anything is mounted.

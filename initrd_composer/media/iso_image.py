@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from initrd_composer.atomic_output import atomic_path
-from initrd_composer.boot_menus import SYSLINUX_MENU_FILES, MenuSpec, grub_cfg, syslinux_cfg
 from initrd_composer.errors import ComposeError, UsageError
-from initrd_composer.loader_files import LoaderFiles
-from initrd_composer.media_payload import BootPayload
+from initrd_composer.media.boot_menus import SYSLINUX_MENU_FILES, MenuSpec, grub_cfg, syslinux_cfg
+from initrd_composer.media.loader_files import LoaderFiles
+from initrd_composer.media.payload import BootPayload
 from initrd_composer.runner import run
 
 SECTOR = 2048

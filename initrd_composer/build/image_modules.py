@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from initrd_composer.image_entries import Entry, data_entry, file_entry
-from initrd_composer.module_files import ModinfoCache, decompressed_name, read_module
-from initrd_composer.module_plan import ModulePlan
+from initrd_composer.build.module_files import ModinfoCache, decompressed_name, read_module
+from initrd_composer.build.module_plan import ModulePlan
+from initrd_composer.image.entries import Entry, data_entry, file_entry
 from module_db.contract import ImageManifest, PackedModule
 from module_db.kernel_modules import KernelModules
 

@@ -81,7 +81,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _media_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
-    from initrd_composer.media_verbs import media_args  # noqa: PLC0415
+    from initrd_composer.cli.media_verbs import media_args  # noqa: PLC0415
 
     p = sub.add_parser("iso", help="bootable ISO: BIOS, UEFI with Secure Boot, hybrid for USB")
     p.add_argument("-o", "--output", type=Path, required=True, help="the ISO file to write")
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = parse_args(argv)
-        from initrd_composer import verbs  # noqa: PLC0415 - keeps --help fast
+        from initrd_composer.cli import image_verbs as verbs  # noqa: PLC0415 - keeps --help fast
 
         return verbs.run_verb(args)
     except UsageError as exc:

@@ -24,7 +24,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import Entry, dir_entry, file_entry, symlink_entry
+from initrd_composer.image.entries import Entry, dir_entry, file_entry, symlink_entry
 
 # glibc's compiled-in trusted directories on Debian amd64, searched after ld.so.cache.
 DEFAULT_LIBRARY_DIRS = (

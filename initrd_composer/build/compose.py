@@ -11,23 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from initrd_composer.atomic_output import atomic_output
-from initrd_composer.compression import compressing
-from initrd_composer.cpio_writer import write_cpio
-from initrd_composer.elf_closure import RootFS
+from initrd_composer.build.elf_closure import RootFS
+from initrd_composer.build.firmware_plan import firmware_search_dirs, plan_firmware
+from initrd_composer.build.host_nics import host_nic_modules
+from initrd_composer.build.icu_trim import is_icu_data_library, trimmed_icu_file
+from initrd_composer.build.image_layout import canonical_paths, init_script, skeleton_entries
+from initrd_composer.build.image_modules import build_manifest, index_entries, pack_modules
+from initrd_composer.build.kconfig import check_compressor, load_kernel_config
+from initrd_composer.build.kernel_locate import KernelLocation, locate_kernel
+from initrd_composer.build.microcode import microcode_segment
+from initrd_composer.build.module_files import ModinfoCache, default_cache_dir
+from initrd_composer.build.module_plan import DEFAULT_CLASSES, ModulePlan, plan_modules
+from initrd_composer.build.python_runtime import DEFAULT_BOOT_PACKAGES, DEFAULT_PYTHON, plan_python_runtime
+from initrd_composer.build.tools_runtime import ToolsRuntime, plan_tools_runtime
 from initrd_composer.errors import ComposeError
-from initrd_composer.firmware_plan import firmware_search_dirs, plan_firmware
-from initrd_composer.host_nics import host_nic_modules
-from initrd_composer.icu_trim import is_icu_data_library, trimmed_icu_file
-from initrd_composer.image_entries import Entry, chardev_entry, data_entry, dir_entry, symlink_entry
-from initrd_composer.image_layout import canonical_paths, init_script, skeleton_entries
-from initrd_composer.image_modules import build_manifest, index_entries, pack_modules
-from initrd_composer.kconfig import check_compressor, load_kernel_config
-from initrd_composer.kernel_locate import KernelLocation, locate_kernel
-from initrd_composer.microcode import microcode_segment
-from initrd_composer.module_files import ModinfoCache, default_cache_dir
-from initrd_composer.module_plan import DEFAULT_CLASSES, ModulePlan, plan_modules
-from initrd_composer.python_runtime import DEFAULT_BOOT_PACKAGES, DEFAULT_PYTHON, plan_python_runtime
-from initrd_composer.tools_runtime import ToolsRuntime, plan_tools_runtime
+from initrd_composer.image.compression import compressing
+from initrd_composer.image.cpio_writer import write_cpio
+from initrd_composer.image.entries import Entry, chardev_entry, data_entry, dir_entry, symlink_entry
 from module_db.contract import MANIFEST_PATH, ImageManifest
 from module_db.errors import ModuleDbError
 from module_db.kernel_modules import KernelModules

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from initrd_composer.elf_closure import (
+from initrd_composer.build.elf_closure import (
     RootFS,
     cache_pairs_for_entries,
     locate_library,
@@ -30,10 +30,10 @@ from initrd_composer.elf_closure import (
     path_entries,
     resolve_elf_closure,
 )
+from initrd_composer.build.ldcache import build_ld_so_cache
+from initrd_composer.build.module_files import default_cache_dir
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import Entry, data_entry, file_entry
-from initrd_composer.ldcache import build_ld_so_cache
-from initrd_composer.module_files import default_cache_dir
+from initrd_composer.image.entries import Entry, data_entry, file_entry
 from initrd_composer.runner import run
 
 BOOT_PYTHON_DIR = "/usr/lib/initrd-composer/python"

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from initrd_composer.elf_closure import RootFS, merge_entries, resolve_elf_closure
+from initrd_composer.build.elf_closure import RootFS, merge_entries, resolve_elf_closure
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import Entry, symlink_entry
+from initrd_composer.image.entries import Entry, symlink_entry
 from initrd_composer.runner import run
 
 BUSYBOX = "/bin/busybox"

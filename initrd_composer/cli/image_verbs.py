@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from initrd_composer.atomic_output import check_output_dir
-from initrd_composer.compose import (
+from initrd_composer.build.compose import (
     BuildOptions,
     BuildReport,
     build_image,
@@ -18,11 +18,11 @@ from initrd_composer.compose import (
     modules_summary,
     plan_image,
 )
+from initrd_composer.build.host_nics import host_nic_modules
+from initrd_composer.build.module_files import default_cache_dir
+from initrd_composer.build.module_plan import plan_modules
 from initrd_composer.errors import ComposeError, UsageError
-from initrd_composer.host_nics import host_nic_modules
-from initrd_composer.medium_reader import open_medium
-from initrd_composer.module_files import default_cache_dir
-from initrd_composer.module_plan import plan_modules
+from initrd_composer.media.medium_reader import open_medium
 from module_db.alias_match import AliasIndex
 from module_db.classify import class_of_path
 from module_db.contract import MANIFEST_PATH, ImageManifest
@@ -209,7 +209,7 @@ def check(args: argparse.Namespace) -> int:
 def run_verb(args: argparse.Namespace) -> int:
     handlers = {"build": build, "ls": ls, "deps": deps, "match": match, "explain": explain, "check": check}
     if args.verb in ("iso", "pxe", "obdr"):
-        from initrd_composer import media_verbs  # noqa: PLC0415
+        from initrd_composer.cli import media_verbs  # noqa: PLC0415
 
         media: dict[str, Callable[[argparse.Namespace, media_verbs.Builder], int]]
         media = {"iso": media_verbs.iso, "pxe": media_verbs.pxe, "obdr": media_verbs.obdr}

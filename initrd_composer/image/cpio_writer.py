@@ -18,9 +18,9 @@ from libarchive import ffi
 from libarchive.entry import ArchiveEntry
 from libarchive.exception import ArchiveError
 
-from initrd_composer.compression import ByteSink
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import Entry
+from initrd_composer.image.compression import ByteSink
+from initrd_composer.image.entries import Entry
 
 # libarchive-c exposes no setter for these fields, and its `linkpath` setter stores a
 # hardlink unless the entry already holds a symlink, so bind the C functions directly.

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from initrd_composer.errors import ComposeError
-from initrd_composer.image_entries import Entry
+from initrd_composer.image.entries import Entry
 
 
 def materialize(entries: Iterable[Entry], dest: Path) -> list[Entry]:

@@ -50,8 +50,8 @@ from initrd_composer.boot.tape import (
     parse_obdr_label,
     read_tape_file,
 )
-from initrd_composer.data_archive import ArchivePlan, padded, plan_archive, write_archive
 from initrd_composer.errors import ComposeError
+from initrd_composer.media.data_archive import ArchivePlan, padded, plan_archive, write_archive
 
 DEFAULT_DATA_BLOCK_SIZE = 65536
 ST_MAJOR = 9  # Documentation/admin-guide/devices.txt: char 9 = SCSI tape (st)

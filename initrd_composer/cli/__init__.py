@@ -1,0 +1,1 @@
+"""The compose-initrd command line: argument parsing and the verbs."""

@@ -1,0 +1,1 @@
+"""The image writer and reader: entries, reproducible cpio, compression, reading initrds back."""

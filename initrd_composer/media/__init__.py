@@ -1,0 +1,1 @@
+"""The media builders: ISO, OBDR tape, PXE tree, boot menus, the loaders they carry."""
