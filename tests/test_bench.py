@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from types import ModuleType
@@ -24,8 +25,8 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 def _load_bench() -> ModuleType:
-    # scripts/bench has no .py suffix, so it is loaded by path; it imports bench_anchors
-    # from scripts/ the way it does when run as a program.
+    # scripts/bench has no .py suffix, so it is loaded by path; it imports its bench_*
+    # modules from scripts/ the way it does when run as a program.
     if str(SCRIPTS) not in sys.path:
         sys.path.insert(0, str(SCRIPTS))
     loader = SourceFileLoader("bench", str(SCRIPTS / "bench"))
@@ -39,6 +40,15 @@ def _load_bench() -> ModuleType:
 
 bench = _load_bench()
 
+import bench_alias  # noqa: E402
+import bench_anchors  # noqa: E402
+import bench_boot  # noqa: E402
+import bench_builds  # noqa: E402
+import bench_common  # noqa: E402
+import bench_machine  # noqa: E402
+import bench_report  # noqa: E402
+import bench_results  # noqa: E402
+
 KVER = "6.1.0-56-amd64"
 CPUINFO = (
     "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n\nprocessor\t: 1\n"
@@ -47,7 +57,7 @@ CPUINFO = (
 
 def _build(key: str, label: str, walls: tuple[float, ...], size: int, modules: dict[str, str]) -> Any:
     # content: 3x the image, modules: half the content (round MiB numbers in the table)
-    return bench.Build(key, label, f"cmd-{key}", walls, size, "zstd", modules, 3 * size, 3 * size // 2)
+    return bench_builds.Build(key, label, f"cmd-{key}", walls, size, "zstd", modules, 3 * size, 3 * size // 2)
 
 
 OURS = {"e1000": "drivers/net", "ahci": "drivers/ata", "ext4": "fs", "crc32c_generic": "crypto"}
@@ -73,7 +83,7 @@ def _report(*, dracut: bool = True) -> Any:
     if dracut:
         dracut_mods = {"e1000": "drivers/net"}
         builds.insert(3, _build("dracut", "dracut --no-hostonly", (60.0,), 50 * 2**20, dracut_mods))
-    machine = bench.Machine(
+    machine = bench_machine.Machine(
         cpus=2,
         cpu_model="Intel(R) Xeon(R) Processor",
         mem_mib=7936,
@@ -85,17 +95,17 @@ def _report(*, dracut: bool = True) -> Any:
         load_end=(2.0, 1.0, 0.5),
     )
     invocation = "scripts/bench" + ("" if dracut else " --skip-dracut")
-    return bench.build_report(KVER, invocation, machine, builds)
+    return bench_results.build_report(KVER, invocation, machine, builds)
 
 
 def test_ratio_and_verdicts() -> None:
-    assert bench.ratio(1.0, 8.0) == 0.125
+    assert bench_common.ratio(1.0, 8.0) == 0.125
     with pytest.raises(ComposeError):
-        bench.ratio(1.0, 0.0)
-    assert bench.Target("t", 0.125, 1 / 8).verdict == "PASS"  # at the limit passes
-    assert bench.Target("t", 0.126, 1 / 8).verdict == "MISS"
-    assert bench.Target("classes", 0, 0).passed
-    assert not bench.Target("classes", 2, 0).passed
+        bench_common.ratio(1.0, 0.0)
+    assert bench_results.Target("t", 0.125, 1 / 8).verdict == "PASS"  # at the limit passes
+    assert bench_results.Target("t", 0.126, 1 / 8).verdict == "MISS"
+    assert bench_results.Target("classes", 0, 0).passed
+    assert not bench_results.Target("classes", 2, 0).passed
 
 
 def test_build_median_min_and_class_counts() -> None:
@@ -107,7 +117,7 @@ def test_build_median_min_and_class_counts() -> None:
 
 
 def test_compare_classes_lists_missing_classes_and_module_differences() -> None:
-    comp = bench.compare_classes("mk", OURS, THEIRS)
+    comp = bench_results.compare_classes("mk", OURS, THEIRS)
     assert comp.missing_classes == ("drivers/i2c", "sound")
     assert dict(comp.theirs_not_ours) == {
         "drivers/i2c": ("i2c_i801", "i2c_piix4"),
@@ -116,7 +126,7 @@ def test_compare_classes_lists_missing_classes_and_module_differences() -> None:
     }
     assert comp.theirs_not_ours_count == 4
     assert comp.ours_not_theirs == 1  # crc32c_generic
-    same = bench.compare_classes("mk", THEIRS, THEIRS)
+    same = bench_results.compare_classes("mk", THEIRS, THEIRS)
     assert same.missing_classes == () and same.theirs_not_ours_count == 0
 
 
@@ -139,19 +149,19 @@ def test_module_maps_from_listing_and_manifest_paths() -> None:
         "usr/lib/modules/6.1.0-56-amd64/kernel/drivers/hid/hid-generic.ko.zst",
         "usr/lib/modules/6.1.0-56-amd64/modules.dep",
     ]
-    assert bench.modules_of_listing(listing) == {"e1000": "drivers/net", "hid_generic": "drivers/hid"}
+    assert bench_builds.modules_of_listing(listing) == {"e1000": "drivers/net", "hid_generic": "drivers/hid"}
 
 
 def test_proc_parsers() -> None:
-    assert bench.parse_cpu_model(CPUINFO) == "Intel(R) Xeon(R) Processor"
-    assert bench.parse_cpu_model("processor\t: 0\n") == "unknown"
-    assert bench.parse_mem_mib("MemTotal:        8126464 kB\nMemFree: 1 kB\n") == 7936
+    assert bench_machine.parse_cpu_model(CPUINFO) == "Intel(R) Xeon(R) Processor"
+    assert bench_machine.parse_cpu_model("processor\t: 0\n") == "unknown"
+    assert bench_machine.parse_mem_mib("MemTotal:        8126464 kB\nMemFree: 1 kB\n") == 7936
     with pytest.raises(ComposeError):
-        bench.parse_mem_mib("MemFree: 1 kB\n")
+        bench_machine.parse_mem_mib("MemFree: 1 kB\n")
 
 
 def test_markdown_has_every_section_with_measured_numbers() -> None:
-    text = bench.render_markdown(_report())
+    text = bench_report.render_markdown(_report())
     for heading in ("# Benchmarks", "## Machine", "## Builds", "## Targets", "## Size / time trade-off",
                     "## Driver classes", "## Commands"):  # fmt: skip
         assert f"\n{heading}" in f"\n{text}"
@@ -171,7 +181,7 @@ def test_markdown_has_every_section_with_measured_numbers() -> None:
 
 
 def test_markdown_without_dracut_has_no_dracut_column() -> None:
-    text = bench.render_markdown(_report(dracut=False))
+    text = bench_report.render_markdown(_report(dracut=False))
     assert "dracut --no-hostonly" not in text
     assert "| class | mkinitramfs MODULES=most | ours |" in text
     assert "scripts/bench --skip-dracut\n" in text
@@ -180,13 +190,17 @@ def test_markdown_without_dracut_has_no_dracut_column() -> None:
 
 def test_sections_are_pluggable() -> None:
     report = _report()
-    extra = bench.render_markdown(report, [*bench.SECTIONS, lambda r: f"## Boot\n\n{r.kernel}\n"])
+    extra = bench_report.render_markdown(
+        report, [*bench_report.SECTIONS, lambda r: f"## Boot\n\n{r.kernel}\n"]
+    )
     assert extra.endswith(f"## Boot\n\n{KVER}\n")
-    assert bench.render_markdown(report, [lambda r: None, bench.section_header]).startswith("# Benchmarks")
+    assert bench_report.render_markdown(report, [lambda r: None, bench_report.section_header]).startswith(
+        "# Benchmarks"
+    )
 
 
 def test_report_json_is_serialisable() -> None:
-    doc = json.loads(json.dumps(bench.report_json(_report())))
+    doc = json.loads(json.dumps(bench_report.report_json(_report())))
     assert doc["builds"]["mkinitramfs"]["wall_median"] == 18.0
     assert doc["class_comparisons"][0]["missing_classes"] == ["drivers/i2c", "sound"]
     assert doc["targets"][-1]["result"] == "MISS"
@@ -202,26 +216,26 @@ def test_image_facts_reads_compression_content_and_module_bytes(tmp_path: Path) 
     image = tmp_path / "tiny.img"
     image.write_bytes(cpio_bytes([data_entry("kernel/x86/microcode/x.bin", b"u" * 7)], 0)
                       + compress_bytes(cpio_bytes(entries, 0), "zstd"))  # fmt: skip
-    facts = bench.image_facts(image)
+    facts = bench_builds.image_facts(image)
     assert facts.compression == "none+zstd"
     assert facts.content_bytes == 300 + 20 + 100 + 7
     assert facts.module_bytes == 300
-    assert bench.modules_of_listing(facts.paths) == {"dummy": "drivers/net"}
+    assert bench_builds.modules_of_listing(facts.paths) == {"dummy": "drivers/net"}
 
 
 def test_report_notes_when_our_builds_differ() -> None:
     assert not any("tree changed" in n for n in _report().notes)
     report = _report()
     builds = [*report.builds[:-1], _build("ours-xz", "ours xz", (30.0,), 28 * 2**20, THEIRS)]
-    changed = bench.build_report(KVER, "scripts/bench", report.machine, builds)
+    changed = bench_results.build_report(KVER, "scripts/bench", report.machine, builds)
     assert any("ours xz 7" in n and "tree changed" in n for n in changed.notes)
 
 
 def test_failure_line_prefers_the_error_over_the_hint() -> None:
     stderr = "compose-initrd: warning: w\ncompose-initrd: error: boom\ncompose-initrd: hint: rerun\n"
-    assert bench.failure_line(stderr) == "compose-initrd: error: boom"
-    assert bench.failure_line("Traceback\nValueError: x\n") == "ValueError: x"
-    assert bench.failure_line("") == "no output"
+    assert bench_builds.failure_line(stderr) == "compose-initrd: error: boom"
+    assert bench_builds.failure_line("Traceback\nValueError: x\n") == "ValueError: x"
+    assert bench_builds.failure_line("") == "no output"
 
 
 # ---------------------------------------------------------------- boot timings and alias matching
@@ -236,15 +250,15 @@ CONSOLE = ["[    0.000000] Linux version 6.1.0", "[    4.410197] Run /init as in
 
 def _boot(ours: list[tuple[float, float, float]], debian: list[tuple[float, float, float]]) -> Any:
     """BootTimings from (kernel_init, init_start, probe_end) and (init, top, premount) per run."""
-    return bench.BootTimings(
+    return bench_boot.BootTimings(
         devices=("-device", "e1000"),
         memory_mb=1024,
         ours_image="out/bench/ours-zstd.img",
         ours_bytes=40 * 2**20,
         debian_image="/boot/initrd.img-k",
         debian_bytes=32 * 2**20,
-        ours=tuple(bench.OurBoot(k, s, e, 12.5) for k, s, e in ours),
-        debian=tuple(bench.bench_anchors.UdevTiming(i, t, p, 11.0) for i, t, p in debian),
+        ours=tuple(bench_boot.OurBoot(k, s, e, 12.5) for k, s, e in ours),
+        debian=tuple(bench_anchors.UdevTiming(i, t, p, 11.0) for i, t, p in debian),
         modaliases=("platform:pcspkr",),
     )
 
@@ -255,21 +269,23 @@ BOOT = _boot(
 
 
 def test_parse_hwreport_and_our_boot_timings() -> None:
-    report = bench.parse_hwreport(HWREPORT)
-    boot = bench.parse_our_boot(CONSOLE, report, 12.744)
-    assert boot == bench.OurBoot(kernel_init=4.410197, init_start=6.14, probe_end=9.42, wall_seconds=12.74)
+    report = bench_boot.parse_hwreport(HWREPORT)
+    boot = bench_boot.parse_our_boot(CONSOLE, report, 12.744)
+    assert boot == bench_boot.OurBoot(
+        kernel_init=4.410197, init_start=6.14, probe_end=9.42, wall_seconds=12.74
+    )
     assert boot.probe_seconds == 3.28
-    assert bench.modaliases_of(report) == (
+    assert bench_boot.modaliases_of(report) == (
         "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00",
         "platform:pcspkr",
     )
-    assert bench.modaliases_of({}) == ()
+    assert bench_boot.modaliases_of({}) == ()
 
 
 @pytest.mark.parametrize("line", ["hwreport: {not json", "hwreport: [1, 2]", "no report here"])
 def test_parse_hwreport_rejects_broken_lines(line: str) -> None:
     with pytest.raises(ComposeError):
-        bench.parse_hwreport(line)
+        bench_boot.parse_hwreport(line)
 
 
 @pytest.mark.parametrize(
@@ -283,68 +299,68 @@ def test_parse_hwreport_rejects_broken_lines(line: str) -> None:
 )
 def test_parse_our_boot_needs_the_stamp_and_both_timings(lines: list[str], report: dict[str, Any]) -> None:
     with pytest.raises(ComposeError):
-        bench.parse_our_boot(lines, report, 1.0)
+        bench_boot.parse_our_boot(lines, report, 1.0)
 
 
 def test_boot_ratios_use_medians_and_the_target_is_the_absolute_uptime() -> None:
     # medians: probe_end 9.4, premount 9.5; probe durations 3.3/3.6/3.0 -> 3.3; coldplug 3.6/3.6/3.8 -> 3.6
     assert BOOT.end_ratio == pytest.approx(9.4 / 9.5)
     assert BOOT.probe_ratio == pytest.approx(3.3 / 3.6)
-    target = bench.boot_target(BOOT)
+    target = bench_results.boot_target(BOOT)
     assert target.verdict == "PASS" and target.limit == 1.0
     tie = _boot([(4.0, 6.0, 9.5)], [(3.0, 5.0, 9.5)])
-    assert bench.boot_target(tie).verdict == "PASS"  # finishing at the same uptime meets "no later"
+    assert bench_results.boot_target(tie).verdict == "PASS"  # finishing at the same uptime meets "no later"
     # a faster probe that starts later (bigger image to unpack) still misses
     late = _boot([(5.0, 7.0, 9.6)], [(3.0, 5.0, 9.5)])
-    assert late.probe_ratio < 1 and bench.boot_target(late).verdict == "MISS"
+    assert late.probe_ratio < 1 and bench_results.boot_target(late).verdict == "MISS"
 
 
 def test_boot_markdown_rows() -> None:
-    summary = bench.boot_summary_rows(BOOT)
+    summary = bench_report.boot_summary_rows(BOOT)
     assert "| image MiB | 40.0 | 32.0 |" in summary
     assert "| kernel runs /init (uptime s) | 4.40 | 3.50 |" in summary
     assert "| init running: our Python /init, Debian's top break (uptime s) | 6.10 | 5.90 |" in summary
     assert "| probe end, Debian's premount break (uptime s) | 9.40 | 9.50 |" in summary
     assert "| probe, coldplug+settle duration (s) | 3.30 | 3.60 |" in summary
     assert "| wall s (qemu start to that point) | 12.50 | 11.00 |" in summary
-    runs = bench.boot_run_rows(BOOT)
+    runs = bench_report.boot_run_rows(BOOT)
     assert len(runs) == 2 + 3
     assert runs[3] == "| 2 | 4.50 | 6.30 | 9.90 | 3.60 | 12.50 | 3.60 | 5.80 | 9.40 | 3.60 | 11.00 |"
     assert all(row.count("|") == 12 for row in runs)
 
 
 def test_report_with_boot_and_alias_renders_both_sections() -> None:
-    alias = bench.AliasBench(
-        2, 5, (bench.AliasTable("kernel modules.alias", 26222, 1, 43.0, 45.6, 50.0, 5000.0),)
+    alias = bench_alias.AliasBench(
+        2, 5, (bench_alias.AliasTable("kernel modules.alias", 26222, 1, 43.0, 45.6, 50.0, 5000.0),)
     )
     report = _report()
-    with_boot = bench.build_report(
+    with_boot = bench_results.build_report(
         KVER, "scripts/bench", report.machine, report.builds, boot=BOOT, alias=alias
     )
     assert with_boot.targets[:-1] == report.targets
     assert with_boot.targets[-1].name.startswith("probe end / udev coldplug+settle end")
-    text = bench.render_markdown(with_boot)
+    text = bench_report.render_markdown(with_boot)
     assert text.index("## Driver classes") < text.index("## Boot timings") < text.index("## Alias matching")
     assert "| probe end / udev coldplug+settle end (guest uptime, QEMU) | 0.989 | 1.000 | PASS |" in text
     assert "- Target: our probe ends no later (uptime) than udev's coldplug+settle: 0.989 -> **PASS**" in text
     assert "- Probe duration / coldplug+settle duration: 0.917" in text
     assert "| kernel modules.alias | 26222 | 1/2 | 43.0 | 45.6 | 50.0 | 5000.0 | 100x |" in text
-    doc = json.loads(json.dumps(bench.report_json(with_boot)))
+    doc = json.loads(json.dumps(bench_report.report_json(with_boot)))
     assert doc["boot"]["end_ratio"] == round(9.4 / 9.5, 4)
     assert doc["boot"]["debian"][0]["coldplug_seconds"] == 3.6
     assert doc["boot"]["ours"][1]["probe_seconds"] == 3.6
     assert doc["alias"]["tables"][0]["speedup"] == 100.0
-    assert bench.report_json(report)["boot"] is None
+    assert bench_report.report_json(report)["boot"] is None
 
 
 def test_boot_only_report_has_no_build_sections() -> None:
     machine = _report().machine
-    report = bench.build_report(
+    report = bench_results.build_report(
         KVER, "scripts/bench --boot-only", machine, [], boot=BOOT, notes=["only boots"]
     )
-    assert [t.name for t in report.targets] == [bench.boot_target(BOOT).name]
+    assert [t.name for t in report.targets] == [bench_results.boot_target(BOOT).name]
     assert report.comparisons == () and report.notes == ("only boots",)
-    text = bench.render_markdown(bench.replace(report, raw_json="out/bench/boot-only.json"))
+    text = bench_report.render_markdown(replace(report, raw_json="out/bench/boot-only.json"))
     assert "## Builds" not in text and "## Driver classes" not in text
     assert "## Targets" in text and "## Boot timings" in text and "## Alias matching" not in text
     assert "raw numbers: `out/bench/boot-only.json`" in text
@@ -360,32 +376,35 @@ def test_linear_match_is_fnmatch_in_table_order() -> None:
         AliasLine("of:N*T*Cfoo_bar", "foo"),
     ]
     pci = "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00"
-    assert bench.linear_match(aliases, pci) == ("e1000", "zz_generic")
-    assert bench.linear_match(aliases, "of:NxTyCfoo-bar") == ("foo",)  # '-' normalised like kmod
-    assert bench.linear_match(aliases, "PCI:v00008086d0000100Esv0sd0bc02sc00i00") == ()  # case-sensitive
-    assert bench.linear_match(aliases, "bad]alias") == ()
+    assert bench_alias.linear_match(aliases, pci) == ("e1000", "zz_generic")
+    assert bench_alias.linear_match(aliases, "of:NxTyCfoo-bar") == ("foo",)  # '-' normalised like kmod
+    # case-sensitive
+    assert bench_alias.linear_match(aliases, "PCI:v00008086d0000100Esv0sd0bc02sc00i00") == ()
+    assert bench_alias.linear_match(aliases, "bad]alias") == ()
     index = AliasIndex(aliases)
-    assert bench.check_same_matches(index, aliases, [pci, "of:NxTyCfoo-bar", "platform:x"], "t") == 2
+    assert bench_alias.check_same_matches(index, aliases, [pci, "of:NxTyCfoo-bar", "platform:x"], "t") == 2
 
 
 def test_check_same_matches_fails_loudly_on_a_disagreement() -> None:
     index = AliasIndex([AliasLine("platform:pcspkr", "pcspkr")])
     with pytest.raises(ComposeError, match=r"t: AliasIndex gives \['pcspkr'\] for 'platform:pcspkr'"):
-        bench.check_same_matches(index, [AliasLine("platform:pcspk", "pcspkr")], ["platform:pcspkr"], "t")
+        bench_alias.check_same_matches(
+            index, [AliasLine("platform:pcspk", "pcspkr")], ["platform:pcspkr"], "t"
+        )
 
 
 def test_time_alias_table_measures_both_ways() -> None:
     aliases = [AliasLine(f"pci:v{n:08X}d*sv*sd*bc*sc*i*", f"m{n}") for n in range(200)]
-    table = bench.time_alias_table("t", aliases, ["pci:v00000007d1sv2sd3bc4sc5i6", "platform:none"], 3)
+    table = bench_alias.time_alias_table("t", aliases, ["pci:v00000007d1sv2sd3bc4sc5i6", "platform:none"], 3)
     assert (table.name, table.patterns, table.matched) == ("t", 200, 1)
     assert min(table.build_ms, table.indexed_us, table.linear_us) > 0 and table.first_pass_ms >= 0
     assert table.speedup == pytest.approx(table.linear_us / table.indexed_us)
 
 
 def test_boot_machine_disk_and_devices(tmp_path: Path) -> None:
-    disk = bench.boot_disk(tmp_path)
+    disk = bench_boot.boot_disk(tmp_path)
     assert disk.stat().st_size == 64 * 2**20
-    argv = bench.boot_devices(disk)
+    argv = bench_boot.boot_devices(disk)
     assert argv[argv.index("-drive") + 1] == f"if=none,id=d0,file={disk},format=raw"
     assert "e1000,netdev=n0" in argv and "ahci,id=ahci0" in argv and "ide-hd,drive=d0,bus=ahci0.0" in argv
 
