@@ -1,7 +1,9 @@
-"""Write an output file all-or-nothing: a temp file beside it, renamed over it on success.
+"""Write an output all-or-nothing: a temp file (or directory) beside it, renamed over it on
+success.
 
 A half-written initrd that boots into a kernel panic is worse than none, so readers of
-`path` only ever see the old file or the complete new one.
+`path` only ever see the old file or the complete new one; the same holds for the PXE tree
+and the OBDR tape-image directory (atomic_directory).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +118,50 @@ def atomic_path(path: Path, mode: int = 0o644) -> Iterator[Path]:
         with open(tmp, "rb") as done:
             os.fsync(done.fileno())
         os.chmod(tmp, mode)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty directory (mode 0755) beside `path` that becomes `path` only if the
+    block succeeds; on any exception it is removed and `path` is left as it was. OSErrors
+    become ComposeError naming `path`, as in atomic_output.
+
+    `path` may be absent or an empty directory. With `replace`, a full directory is renamed
+    aside, the new one renamed into place, then the old one removed: readers see the old
+    tree or the new one, never a mix (for a moment, neither). Callers check first that
+    `path` is theirs to replace."""
+    path = Path(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o755)  # mkdtemp makes 0700; a TFTP server reads as its own user
+    except OSError as exc:
+        raise _as_compose_error(path, exc) from exc
+    try:
+        yield tmp
+        _rename_dir(tmp, path, replace)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _as_compose_error(path, exc) from exc
+        raise
+    _fsync_dir(path.parent)
+
+
+def _rename_dir(tmp: Path, path: Path, replace: bool) -> None:
+    try:
+        os.rename(tmp, path)  # onto nothing or an empty directory: one atomic step
+        return
+    except OSError as exc:
+        if not replace or exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    os.rename(path, old / "tree")
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        # Put the old tree back; if even that fails it stays whole under `old`, never removed.
+        os.rename(old / "tree", path)
+        old.rmdir()
+        raise
+    # The new tree is in place: failing to remove the old one only leaves a hidden directory.
+    shutil.rmtree(old, ignore_errors=True)

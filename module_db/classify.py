@@ -7,7 +7,7 @@ so `st.ko` is a tape driver although it sits in drivers/scsi.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from module_db.index_files import DepEntry
 
@@ -135,8 +135,3 @@ def classify(deps: Mapping[str, DepEntry]) -> dict[str, str]:
         if cls is not None:
             out[name] = cls
     return out
-
-
-def modules_of_classes(classes: Mapping[str, str], wanted: Iterable[str]) -> list[str]:
-    want = set(wanted)
-    return sorted(name for name, cls in classes.items() if cls in want)

@@ -19,6 +19,12 @@ from module_db.kernel_modules import KernelModules
 SCHEMA = "initrd-composer/image"
 VERSION = 1
 MANIFEST_PATH = "usr/lib/initrd-composer/image.json"
+# How long /init's probe waits for the device set to be quiet: after any uevent, and after
+# a USB SCSI host appears (usb-storage scans it only after delay_use, 1 s, with no uevent
+# between). The build writes these into every manifest's "boot"; /init falls back to them.
+SETTLE_MS = 500
+SCAN_SETTLE_MS = 2500
+BOOT_DEFAULTS: Mapping[str, int] = {"settle_ms": SETTLE_MS, "scan_settle_ms": SCAN_SETTLE_MS}
 
 
 @dataclass(frozen=True)

@@ -111,11 +111,3 @@ class KernelModules:
                 for word in self.weakdeps.get(mod, ()):
                     pending.extend(t for t in self.resolve(word) if t not in result)
         return list(result)
-
-    def pulled_in_by(self, roots: Iterable[str]) -> dict[str, str]:
-        """For `explain`: module -> the root (or module) that first pulled it in."""
-        reasons: dict[str, str] = {}
-        for root in sorted(set(roots)):
-            for mod in self.pack_closure([root]):
-                reasons.setdefault(mod, root)
-        return reasons

@@ -10,6 +10,7 @@ import pytest
 import zstandard
 from elftools.elf.elffile import ELFFile
 
+from initrd_composer.build.firmware_plan import plan_firmware
 from initrd_composer.build.module_files import (
     ModinfoCache,
     decompressed_name,
@@ -72,3 +73,23 @@ def test_bad_module_files_name_the_file(tmp_path: Path) -> None:
         read_module(broken)
     with pytest.raises(ComposeError, match="module file missing"):
         read_module(tmp_path / "absent.ko")
+
+
+def test_truncated_zstd_module_and_firmware_are_errors_not_short_files(tmp_path: Path) -> None:
+    # A zstd decompressobj hands back b"" for a frame cut short, without complaint.
+    data = b"\x7fELF\x02\x01" + bytes(range(256)) * 400
+    whole = zstandard.ZstdCompressor().compress(data)
+    module = tmp_path / "cut.ko.zst"
+    module.write_bytes(whole)
+    assert read_module(module) == data
+    module.write_bytes(whole[:-20])
+    with pytest.raises(ComposeError, match=r"corrupt compressed module .*cut\.ko\.zst: truncated zstd data"):
+        read_module(module)
+    (tmp_path / "fw").mkdir()
+    firmware = tmp_path / "fw/blob.bin.zst"
+    firmware.write_bytes(whole)
+    plan = plan_firmware({"m": ["blob.bin"]}, [tmp_path / "fw"])
+    assert plan.present == ("blob.bin",) and plan.entries[0].data == data
+    firmware.write_bytes(whole[:-20])
+    with pytest.raises(ComposeError, match=r"corrupt compressed firmware .*blob\.bin\.zst: truncated zstd"):
+        plan_firmware({"m": ["blob.bin"]}, [tmp_path / "fw"])

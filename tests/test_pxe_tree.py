@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer.boot.cmdline import parse_cmdline
+from initrd_composer.boot.cmdline import MODES, parse_cmdline
 from initrd_composer.cli import main as cli
 from initrd_composer.errors import ComposeError
-from initrd_composer.media.boot_menus import MODES, MenuSpec
+from initrd_composer.media.boot_menus import MenuSpec
 from initrd_composer.media.loader_files import LOADERS, LoaderFiles
 from initrd_composer.media.payload import BootPayload, sha256_file
 from initrd_composer.media.pxe_tree import (

@@ -14,6 +14,7 @@ from typing import Any
 from initrd_composer.boot.console import log
 from initrd_composer.boot.modload import ModuleLoader
 from module_db.alias_match import AliasIndex
+from module_db.contract import SCAN_SETTLE_MS, SETTLE_MS
 
 
 @dataclass
@@ -33,9 +34,9 @@ class Prober:
         aliases: AliasIndex,
         builtin_aliases: AliasIndex,
         *,
-        settle_s: float = 0.5,
+        settle_s: float = SETTLE_MS / 1000,
         max_s: float = 30.0,
-        scan_settle_s: float = 3.0,
+        scan_settle_s: float = SCAN_SETTLE_MS / 1000,
     ) -> None:
         self.loader = loader
         self.aliases = aliases

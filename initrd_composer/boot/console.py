@@ -22,8 +22,9 @@ def uptime() -> float:
 def open_kmsg(path: str = "/dev/kmsg") -> None:
     try:
         _kmsg["fd"] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except OSError:
+    except OSError as exc:
         _kmsg.pop("fd", None)
+        log(f"cannot open {path}: {exc.strerror}; log lines reach /dev/console only", 4)
 
 
 def mirror_consoles(names: list[str]) -> list[str]:
@@ -46,8 +47,8 @@ def open_mirrors(active: str = "/sys/class/tty/console/active", dev: str = "/dev
         try:
             _mirrors.append(os.open(os.path.join(dev, name), os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC))
             opened.append(name)
-        except OSError:
-            pass
+        except OSError as exc:  # that screen will not see the hwreport: line
+            log(f"cannot open console {name}: {exc.strerror}; machine lines will not reach it", 4)
     return opened
 
 

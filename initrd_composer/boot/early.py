@@ -47,8 +47,8 @@ def mount_pseudo_filesystems() -> list[str]:
         if not os.path.lexists(link):
             try:
                 os.symlink(target, link)
-            except OSError:
-                pass
+            except OSError as exc:  # shell scripts reading /dev/stdin would fail without a word
+                problems.append(f"cannot link {link} -> {target}: {exc.strerror}")
     return problems
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -66,7 +65,3 @@ def emergency(exc: BaseException | None, reason: str) -> None:
             reboot_prompt()
         except BaseException:
             time.sleep(1)
-
-
-def is_pid1() -> bool:
-    return os.getpid() == 1

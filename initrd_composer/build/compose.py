@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,8 @@ from initrd_composer.errors import ComposeError
 from initrd_composer.image.compression import compressing
 from initrd_composer.image.cpio_writer import write_cpio
 from initrd_composer.image.entries import Entry, chardev_entry, data_entry, dir_entry, symlink_entry
-from module_db.contract import MANIFEST_PATH, ImageManifest
+from initrd_composer.source_date import source_date_epoch
+from module_db.contract import BOOT_DEFAULTS, MANIFEST_PATH, ImageManifest
 from module_db.errors import ModuleDbError
 from module_db.kernel_modules import KernelModules
 from module_db.load import load_kernel_modules
@@ -65,7 +65,7 @@ class ImagePlan:
     entries: tuple[Entry, ...]
     warnings: tuple[str, ...]
     epoch: int
-    module_bytes: int
+    started: float  # time.monotonic() when planning began: the build's seconds count from it
 
 
 @dataclass(frozen=True)
@@ -90,22 +90,11 @@ def load_kernel(spec: str | None, root: Path) -> tuple[KernelLocation, KernelMod
         raise ComposeError(str(exc), "reinstall the kernel package or run `depmod KVER`") from None
 
 
-def default_epoch(loc: KernelLocation) -> int:
-    """Without SOURCE_DATE_EPOCH, the kernel's modules.dep mtime: stable for one kernel."""
-    env = os.environ.get("SOURCE_DATE_EPOCH")
-    if env:
-        try:
-            return int(env)
-        except ValueError:
-            raise ComposeError(
-                f"SOURCE_DATE_EPOCH={env!r} is not a number", "set seconds since 1970"
-            ) from None
-    return int((loc.moddir / "modules.dep").stat().st_mtime)
-
-
 def plan_image(opts: BuildOptions) -> ImagePlan:
+    started = time.monotonic()
     loc, km = load_kernel(opts.kernel, opts.root)
-    epoch = opts.epoch if opts.epoch is not None else default_epoch(loc)
+    # Without SOURCE_DATE_EPOCH, the kernel's modules.dep mtime: stable for one kernel.
+    epoch = opts.epoch if opts.epoch is not None else source_date_epoch(loc.moddir / "modules.dep")
     host_nics = {} if opts.all_nics else host_nic_modules(km, opts.sys_root)
     plan = plan_modules(
         km,
@@ -125,7 +114,7 @@ def plan_image(opts: BuildOptions) -> ImagePlan:
         tools, python = runtime.result()
     dirs = list(opts.firmware_dirs) if opts.firmware_dirs else firmware_search_dirs(opts.root, km.version)
     firmware = plan_firmware(packed.firmware_wanted, dirs)
-    boot = {"settle_ms": 500, "scan_settle_ms": 2500, **dict(opts.boot_defaults)}
+    boot = {**BOOT_DEFAULTS, **dict(opts.boot_defaults)}
     manifest = build_manifest(
         plan,
         km,
@@ -162,7 +151,7 @@ def plan_image(opts: BuildOptions) -> ImagePlan:
         entries=tuple(entries),
         warnings=tuple(warnings),
         epoch=epoch,
-        module_bytes=packed.bytes_total,
+        started=started,
     )
 
 
@@ -194,7 +183,8 @@ def _device_nodes() -> list[Entry]:
 
 
 def build_image(opts: BuildOptions, plan: ImagePlan | None = None) -> BuildReport:
-    started = time.monotonic()
+    """Write the image; the report's seconds run from the start of planning (plan_image,
+    here or the caller's) to the output renamed into place."""
     if plan is None:
         plan = plan_image(opts)
     config = load_kernel_config(plan.kernel.version, plan.kernel.moddir, opts.root)
@@ -229,7 +219,7 @@ def build_image(opts: BuildOptions, plan: ImagePlan | None = None) -> BuildRepor
         firmware_present=len(plan.manifest.firmware_present),
         firmware_missing=plan.manifest.firmware_missing,
         warnings=tuple(warnings),
-        seconds=time.monotonic() - started,
+        seconds=time.monotonic() - plan.started,
         microcode=bool(early),
     )
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
-import lzma
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import zstandard
-
 from initrd_composer.errors import ComposeError
+from initrd_composer.image.compression import DecompressError, decompress_any
 from initrd_composer.image.entries import Entry, data_entry, file_entry
 
 
@@ -19,7 +17,6 @@ class FirmwarePlan:
     entries: tuple[Entry, ...]
     present: tuple[str, ...]  # names found (image paths under lib/firmware)
     missing: tuple[str, ...]  # names some module asks for that are not installed
-    wanted_by: Mapping[str, tuple[str, ...]]  # firmware name -> modules
 
 
 def firmware_search_dirs(root: Path, kernel_version: str) -> list[Path]:
@@ -56,15 +53,11 @@ def _plain_entry(name: str, host: Path) -> Entry:
     path = f"lib/firmware/{name}"
     if host.suffix not in (".xz", ".zst"):
         return file_entry(path, host, mode=0o644, origin="firmware")
-    raw = host.read_bytes()
     try:
-        data = (
-            lzma.decompress(raw)
-            if host.suffix == ".xz"
-            else zstandard.ZstdDecompressor().decompressobj().decompress(raw)
-        )
-    except (lzma.LZMAError, zstandard.ZstdError) as exc:
-        raise ComposeError(f"corrupt compressed firmware {host}: {exc}", "reinstall its package") from None
+        data = decompress_any(host.read_bytes(), str(host))
+    except DecompressError as exc:  # a truncated stream too: never a short firmware file
+        hint = "reinstall its package"
+        raise ComposeError(f"corrupt compressed firmware {host}: {exc.detail}", hint) from None
     return data_entry(path, data, origin="firmware")
 
 
@@ -90,5 +83,4 @@ def plan_firmware(wanted: Mapping[str, Iterable[str]], dirs: Sequence[Path]) -> 
         entries=tuple(entries[k] for k in sorted(entries)),
         present=tuple(sorted(present)),
         missing=tuple(missing),
-        wanted_by={k: tuple(sorted(v)) for k, v in sorted(by_name.items())},
     )

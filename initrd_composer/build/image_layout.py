@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from initrd_composer.build.elf_closure import merge_entries
+from initrd_composer.build.python_runtime import BOOT_PYTHON_DIR
 from initrd_composer.image.entries import Entry, data_entry, dir_entry
 
-BOOT_PYTHON_DIR = "/usr/lib/initrd-composer/python"
 # Mount points and scratch directories /init expects before anything is mounted.
 EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "mnt", "root", "var/tmp", "var/log", "etc/modprobe.d")
 

@@ -18,7 +18,6 @@ class PackedModules:
     entries: tuple[Entry, ...]
     firmware_wanted: Mapping[str, tuple[str, ...]]  # module -> firmware names
     image_paths: Mapping[str, str]  # module -> path relative to lib/modules/KVER
-    bytes_total: int
 
 
 def pack_modules(
@@ -29,7 +28,6 @@ def pack_modules(
     entries: list[Entry] = []
     firmware: dict[str, tuple[str, ...]] = {}
     paths: dict[str, str] = {}
-    total = 0
     for name, mod in plan.modules.items():
         host = moddir / mod.path
         compressed = host.name.endswith((".xz", ".zst", ".gz"))
@@ -38,14 +36,12 @@ def pack_modules(
             firmware[name] = cache.firmware(host, data)
             rel = decompressed_name(mod.path)
             entries.append(data_entry(prefix + rel, data, origin=f"module:{name}"))
-            total += len(data)
         else:
             firmware[name] = cache.firmware(host)
             rel = mod.path
             entries.append(file_entry(prefix + rel, host, mode=0o644, origin=f"module:{name}"))
-            total += host.stat().st_size
         paths[name] = rel
-    return PackedModules(tuple(entries), firmware, paths, total)
+    return PackedModules(tuple(entries), firmware, paths)
 
 
 def build_manifest(

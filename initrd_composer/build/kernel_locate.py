@@ -17,13 +17,6 @@ class KernelLocation:
     moddir: Path  # the host path of lib/modules/VERSION
     root: Path  # sysroot the kernel belongs to ("/" for the running system)
 
-    def boot_file(self, stem: str) -> Path | None:
-        """/boot/STEM-VERSION under root (vmlinuz, config, System.map), if present."""
-        for cand in (self.root / "boot" / f"{stem}-{self.version}", self.moddir / stem):
-            if cand.exists():
-                return cand
-        return None
-
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key comparing digit runs numerically: 6.10 > 6.9, 6.1.0-56 > 6.1.0-9."""

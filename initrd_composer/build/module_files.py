@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
-import lzma
 import os
 import struct
-import zlib
-from collections.abc import Iterable
 from pathlib import Path
 
-import zstandard
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from initrd_composer.errors import ComposeError
+from initrd_composer.image.compression import DecompressError, decompress_any
 from module_db.index_files import parse_modinfo
 
 _HINT = "reinstall the kernel package or run depmod; check the file with `modinfo`"
@@ -38,19 +34,12 @@ def read_module(path: Path, decompress: bool = True) -> bytes:
         raise ComposeError(f"module file missing: {path}", _HINT) from None
     except OSError as exc:
         raise ComposeError(f"cannot read module {path}: {exc.strerror}", _HINT) from None
-    if not decompress:
+    if not decompress or not path.name.endswith((".xz", ".zst", ".gz")):
         return raw
-    name = path.name
     try:
-        if name.endswith(".xz"):
-            return lzma.decompress(raw)
-        if name.endswith(".zst"):
-            return zstandard.ZstdDecompressor().decompressobj().decompress(raw)
-        if name.endswith(".gz"):
-            return gzip.decompress(raw)
-    except (lzma.LZMAError, zstandard.ZstdError, OSError, EOFError, zlib.error) as exc:
-        raise ComposeError(f"corrupt compressed module {path}: {exc}", _HINT) from None
-    return raw
+        return decompress_any(raw, str(path))
+    except DecompressError as exc:  # a truncated stream too: never a short module
+        raise ComposeError(f"corrupt compressed module {path}: {exc.detail}", _HINT) from None
 
 
 _ELF64_LE = b"\x7fELF\x02\x01"
@@ -116,7 +105,7 @@ class ModinfoCache:
                 if isinstance(loaded, dict):
                     self._entries = loaded
             except (OSError, ValueError):
-                pass
+                pass  # none yet, or unreadable: it is rebuilt, which only costs time
 
     @staticmethod
     def _stamp(path: Path) -> list[object]:
@@ -154,20 +143,3 @@ class ModinfoCache:
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "initrd-composer"
-
-
-def firmware_files(names: Iterable[str], firmware_dirs: Iterable[Path]) -> dict[str, Path | None]:
-    """Firmware name -> installed file (plain, .xz or .zst, as the kernel looks them up), or None."""
-    dirs = list(firmware_dirs)
-    found: dict[str, Path | None] = {}
-    for name in sorted(set(names)):
-        found[name] = None
-        for base in dirs:
-            for suffix in ("", ".zst", ".xz"):
-                cand = base / (name + suffix)
-                if cand.is_file():
-                    found[name] = cand
-                    break
-            if found[name] is not None:
-                break
-    return found

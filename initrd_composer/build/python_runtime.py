@@ -36,6 +36,7 @@ from initrd_composer.errors import ComposeError
 from initrd_composer.image.entries import Entry, data_entry, file_entry
 from initrd_composer.runner import run
 
+# Where the boot packages live in the image; /init (image_layout.init_script) puts it on sys.path.
 BOOT_PYTHON_DIR = "/usr/lib/initrd-composer/python"
 DEFAULT_PYTHON = Path("/usr/bin/python3")
 DEFAULT_BOOT_PACKAGES = ("pyudev", "libarchive", "module_db", "initrd_composer.boot")

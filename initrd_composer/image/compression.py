@@ -43,6 +43,15 @@ _MAGICS: tuple[tuple[bytes, str], ...] = (
 )
 
 
+class DecompressError(ComposeError):
+    """Unknown, corrupt or truncated compressed data. `detail` is the message without the
+    leading name, for callers that name the file in their own words."""
+
+    def __init__(self, what: str, detail: str, hint: str = "") -> None:
+        super().__init__(f"{what}: {detail}", hint)
+        self.detail = detail
+
+
 class ByteSink(Protocol):
     """Anything bytes can be written to: a file, BytesIO, or a compressing writer."""
 
@@ -153,15 +162,15 @@ def decompress_prefix(data: bytes | memoryview, what: str = "data") -> tuple[byt
 
     Returns (output, bytes consumed), so a caller can go on with whatever follows, as the
     kernel does with concatenated initrd segments. lz4 is taken to run to the end.
-    Raises ComposeError naming `what` for unknown, corrupt or truncated input.
+    Raises DecompressError naming `what` for unknown, corrupt or truncated input.
     """
     name = detect_compression(data)
     if name is None or name == "none":
-        raise ComposeError(f"{what}: not compressed data of a known format")
+        raise DecompressError(what, "not compressed data of a known format")
     if name == "lz4":
         return _lz4_all(bytes(data), what), len(data)
     if name == "lzo":
-        raise ComposeError(f"{what}: lzo compression is not supported", "recompress it")
+        raise DecompressError(what, "lzo compression is not supported", "recompress it")
     dec: _Decompressor
     if name == "zstd":
         dec = zstandard.ZstdDecompressor(max_window_size=1 << 31).decompressobj()
@@ -176,9 +185,9 @@ def decompress_prefix(data: bytes | memoryview, what: str = "data") -> tuple[byt
     try:
         output = dec.decompress(data)
     except (zstandard.ZstdError, lzma.LZMAError, OSError, zlib.error, EOFError) as exc:
-        raise ComposeError(f"{what}: corrupt {name} data: {exc}") from exc
+        raise DecompressError(what, f"corrupt {name} data: {exc}") from exc
     if not dec.eof:
-        raise ComposeError(f"{what}: truncated {name} data", "the file is incomplete")
+        raise DecompressError(what, f"truncated {name} data", "the file is incomplete")
     return output, len(data) - len(dec.unused_data)
 
 
@@ -189,13 +198,14 @@ def _lz4_all(data: bytes, what: str) -> bytes:
             for entry in archive:
                 return b"".join(entry.get_blocks())
     except libarchive.ArchiveError as exc:
-        raise ComposeError(f"{what}: corrupt lz4 data: {exc.msg}") from exc
-    raise ComposeError(f"{what}: empty lz4 data")
+        raise DecompressError(what, f"corrupt lz4 data: {exc.msg}") from exc
+    raise DecompressError(what, "empty lz4 data")
 
 
 def decompress_any(data: bytes, what: str = "data") -> bytes:
     """Decompress `data` of any known format by its magic; concatenated streams (with zero
-    padding between them, as the kernel allows) are decompressed one after another."""
+    padding between them, as the kernel allows) are decompressed one after another. The one
+    decompressor of the host side: initrd segments, compressed modules and firmware."""
     parts: list[bytes] = []
     view = memoryview(data)
     pos = 0

@@ -18,13 +18,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from initrd_composer.boot.cmdline import MODES  # the words /init reads: one list for both sides
 from initrd_composer.errors import ComposeError, UsageError
 
-MODES = ("nuke", "interactive", "compare", "expert", "probe")
+# The restore stage is not built yet: until it is, its entries say what they do today
+# (probe, then the shell), so no menu promises a restore it cannot make.
 TITLES = {
-    "nuke": "nuke: restore everything automatically, no questions (wipes the disks)",
-    "interactive": "interactive: choose what to restore, and where",
-    "compare": "compare: compare the backup with the disks, change nothing",
+    "nuke": "nuke: automatic restore (not built yet: probe, then a shell)",
+    "interactive": "interactive: guided restore (not built yet: probe, then a shell)",
+    "compare": "compare: backup vs disks (not built yet: probe, then a shell)",
     "expert": "expert: a shell with every driver loaded",
     "probe": "probe: report the hardware this image drives, then power off",
 }

@@ -25,7 +25,6 @@ FAT image is made with fixed ids, and the same inputs give the same bytes.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
@@ -35,11 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from initrd_composer.atomic_output import atomic_path
-from initrd_composer.errors import ComposeError, UsageError
+from initrd_composer.errors import UsageError
 from initrd_composer.media.boot_menus import SYSLINUX_MENU_FILES, MenuSpec, grub_cfg, syslinux_cfg
+from initrd_composer.media.capacity import check_capacity, check_free_space
 from initrd_composer.media.loader_files import LoaderFiles
 from initrd_composer.media.payload import BootPayload
 from initrd_composer.runner import run
+from initrd_composer.source_date import source_date_epoch
 
 SECTOR = 2048
 EFI_FILES = {"BOOTX64.EFI": "shimx64.efi", "grubx64.efi": "gcdx64.efi", "mmx64.efi": "mmx64.efi"}
@@ -68,16 +69,6 @@ class IsoResult:
     data_bytes: int
 
 
-def media_epoch(payload: BootPayload) -> int:
-    """SOURCE_DATE_EPOCH, else the kernel image's mtime: stable for one kernel package."""
-    env = os.environ.get("SOURCE_DATE_EPOCH")
-    if env:
-        if not env.isdigit():
-            raise ComposeError(f"SOURCE_DATE_EPOCH={env!r} is not a number", "set seconds since 1970")
-        return int(env)
-    return int(payload.vmlinuz.stat().st_mtime)
-
-
 def _sectors(size: int) -> int:
     return -(-size // SECTOR) * SECTOR
 
@@ -95,17 +86,8 @@ def tree_bytes(root: Path) -> int:
     return total
 
 
-def _human(size: int) -> str:
-    return f"{size / 2**20:.0f} MiB"
-
-
-def check_capacity(needed: int, opts: IsoOptions, what: str) -> None:
-    if opts.capacity is not None and needed > opts.capacity:
-        raise ComposeError(
-            f"{what} needs {_human(needed)}, the medium holds {_human(opts.capacity)}",
-            "give --media-size for a bigger medium (dvd-dl, bd, 8G, none), or leave the data off "
-            "(--data) and restore over the network",
-        )
+_TOO_BIG = ("give --media-size for a bigger medium (dvd-dl, bd, 8G, none), or leave the data off "
+            "(--data) and restore over the network")
 
 
 def _fat_image(dest: Path, files: dict[str, Path], epoch: int) -> None:
@@ -179,17 +161,15 @@ def write_iso(
     boot_files = _sectors(payload.initrd_size) + _sectors(payload.vmlinuz.stat().st_size)
     estimate = OVERHEAD + data_bytes + boot_files
     what = f"the ISO with data from {opts.data}" if opts.data else "the ISO"
-    check_capacity(estimate, opts, what)
-    epoch = media_epoch(payload)
+    check_capacity(estimate, opts.capacity, what, _TOO_BIG)
+    epoch = source_date_epoch(payload.vmlinuz)  # else the kernel's mtime: stable for one package
     with _staging() as staging, atomic_path(output) as tmp:
-        if shutil.disk_usage(tmp.parent).free < estimate:
-            # xorriso would fail half-way with a message of its own: say it plainly first.
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        check_free_space(tmp.parent, estimate)
         _stage(staging, payload, spec, found, epoch)
         env = {"SOURCE_DATE_EPOCH": str(epoch)}
         run(xorriso_argv(tmp, staging, payload, opts, mbr=found["isohdpfx.bin"], epoch=epoch), env=env)
         size = tmp.stat().st_size
-        check_capacity(size, opts, what)
+        check_capacity(size, opts.capacity, what, _TOO_BIG)
     return IsoResult(output, size, data_bytes)
 
 

@@ -26,16 +26,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import math
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from initrd_composer.atomic_output import atomic_directory
 from initrd_composer.boot.tape import (
     OBDR_HEADER_BLOCK,
     OBDR_HEADER_BLOCKS,
@@ -51,6 +49,7 @@ from initrd_composer.boot.tape import (
     read_tape_file,
 )
 from initrd_composer.errors import ComposeError
+from initrd_composer.media.capacity import check_capacity, mib
 from initrd_composer.media.data_archive import ArchivePlan, padded, plan_archive, write_archive
 
 DEFAULT_DATA_BLOCK_SIZE = 65536
@@ -80,10 +79,6 @@ class ObdrReport:
     data_tar_bytes: int | None  # the tar stream without the padding
     notes: tuple[str, ...]
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.bytes for f in self.files)
-
 
 def check_iso(iso: Path) -> int:
     """The ISO's size, after checking an OBDR drive would boot it (whole 2048-byte sectors,
@@ -104,23 +99,15 @@ def check_iso(iso: Path) -> int:
     return size
 
 
-def _mib(size: int, *, up: bool) -> str:
-    tenths = math.ceil(size * 10 / 2**20) if up else round(size * 10 / 2**20)
-    return f"{tenths / 10:.1f}"
-
-
-def check_capacity(iso_bytes: int, data: Path | None, data_bytes: int, capacity: int | None) -> int:
-    """Bytes the tape needs (header + ISO + padded data); ComposeError if over `capacity`."""
+def check_tape_capacity(iso_bytes: int, data: Path | None, data_bytes: int, capacity: int | None) -> None:
+    """ComposeError if the tape (header + ISO + padded data) needs more than `capacity`."""
     needed = OBDR_HEADER_BLOCK * OBDR_HEADER_BLOCKS + iso_bytes + data_bytes
-    if capacity is not None and needed > capacity:
-        what = f"data directory {data}" if data is not None else "the boot ISO"
-        raise ComposeError(
-            f"{what} needs {_mib(needed, up=True)} MiB (with the {_mib(iso_bytes, up=True)} MiB boot ISO), "
-            f"the medium holds {_mib(capacity, up=False)} MiB",
-            "use a larger cartridge (--capacity), leave the data off and restore it over the network, "
-            "or split the data",
-        )
-    return needed
+    check_capacity(
+        needed, capacity, f"data directory {data}" if data is not None else "the boot ISO",
+        "use a larger cartridge (--capacity), leave the data off and restore it over the network, "
+        "or split the data",
+        detail=f" (with the {mib(iso_bytes, up=True)} MiB boot ISO)",
+    )
 
 
 def open_st_device(path: Path, *, write: bool = True) -> DeviceTape:
@@ -284,37 +271,18 @@ def _write_device(tape: Tape, session: _Session, iso: Path, iso_bytes: int, plan
             tape.close()
 
 
-def _os_error(target: Path, exc: OSError) -> ComposeError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ComposeError(f"no space left on device writing {target}",
-                            f"free space on the filesystem of {target.parent} or choose another -o")
-    return ComposeError(f"cannot write {target}: {exc.strerror}", "choose another -o")
-
-
 def _write_image(target: Path, iso: Path, iso_bytes: int, plan: ArchivePlan | None, *,
                  block_size: int, compress_data: bool) -> _Session:
     """Build the image in a temp sibling and rename it into place: until the rename nothing
-    at `target` looks like a tape image, and a failure leaves nothing behind."""
-    if not target.parent.is_dir():
-        raise ComposeError(f"cannot write {target}: directory {target.parent} does not exist",
-                           "create it first or choose another -o")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as exc:
-        raise _os_error(target, exc) from exc
-    try:
-        with TapeImageDir.create(tmp) as tape:
-            session = _Session(tape, block_size, compress_data, drive=False)
-            session.run(iso, iso_bytes, plan)
-        tmp.chmod(0o755)
-        os.rename(tmp, target)  # replaces an empty directory, never a full one
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, TapeError):
+    at `target` looks like a tape image, and a failure leaves nothing behind. The rename
+    replaces an empty directory, never a full one (no `replace`)."""
+    with atomic_directory(target) as tmp:
+        try:
+            with TapeImageDir.create(tmp) as tape:
+                session = _Session(tape, block_size, compress_data, drive=False)
+                session.run(iso, iso_bytes, plan)
+        except TapeError as exc:
             raise ComposeError(f"writing the tape image {target} failed: {exc.message}", exc.hint) from exc
-        if isinstance(exc, OSError):
-            raise _os_error(target, exc) from exc
-        raise
     return session
 
 
@@ -333,7 +301,7 @@ def write_obdr(target: Path, iso: Path, data: Path | None, *, block_size: int = 
     iso_bytes = check_iso(iso)
     plan = plan_archive(data) if data is not None else None
     data_bytes = padded(plan.size, block_size) if plan else 0
-    check_capacity(iso_bytes, data, data_bytes, capacity)
+    check_tape_capacity(iso_bytes, data, data_bytes, capacity)
 
     if target.is_dir():
         if any(target.iterdir()):

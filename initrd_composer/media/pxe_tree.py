@@ -9,7 +9,7 @@
     grubx64.efi, mmx64.efi     its own TFTP directory (Debian-signed grubnetx64, MokManager)
     grub/grub.cfg              UEFI menu: grubnetx64's built-in prefix is (tftp,SERVER)/grub
     dnsmasq-pxe.conf           proxy-DHCP + TFTP snippet for an existing dnsmasq
-    .initrd-composer-pxe.json  written last: what is in the tree (see _replace)
+    .initrd-composer-pxe.json  written last: what is in the tree (see _previous_files)
 
 Every entry boots `console=... MODE pxe [prefix=NAME] [ipconf=...] [nfsmount=S:/P |
 url=...]` (the MondoRescue words /init reads), and each loader adds the MAC of the NIC it
@@ -22,16 +22,14 @@ a shared TFTP root, apart from GRUB's config, which grubnetx64 reads from /grub.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from initrd_composer.atomic_output import atomic_directory
 from initrd_composer.boot.cmdline import parse_cmdline
 from initrd_composer.errors import ComposeError, UsageError
 from initrd_composer.media.boot_menus import (
@@ -244,26 +242,14 @@ def write_pxe_tree(
     out = Path(out).absolute()
     found = loaders.require(*PXE_LOADERS)
     _check_target(out)
-    configs = _loader_configs(menu, opts)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as exc:
-        raise ComposeError(f"cannot create {out}: {exc.strerror}", "choose a writable -o DIR") from None
-    try:
-        texts = {**configs, DNSMASQ_CONF: dnsmasq_snippet(out, opts.server)}
+    texts = {**_loader_configs(menu, opts), DNSMASQ_CONF: dnsmasq_snippet(out, opts.server)}
+    with atomic_directory(out, replace=True) as tmp:
         files = _fill(tmp, payload, found, texts)
-        _replace(tmp, out)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise ComposeError(f"cannot write {out}: {exc.strerror}", "check space and permissions") from exc
-        raise
     return PxeReport(out, files, pxe_menu(menu, opts).cmdline(menu.default), out / DNSMASQ_CONF)
 
 
 def _fill(tmp: Path, payload: BootPayload, found: dict[str, Path], texts: dict[str, str]) -> tuple[str, ...]:
     """Copy and write everything into `tmp`; the marker last.  Returns the files written."""
-    tmp.chmod(0o755)  # mkdtemp makes 0700; the TFTP server reads as its own user
     shutil.copyfile(payload.vmlinuz, tmp / KERNEL)
     shutil.copyfile(payload.initrd, tmp / INITRD)
     if sha256_file(tmp / INITRD) != payload.initrd_sha256:
@@ -323,21 +309,3 @@ def _check_target(out: Path) -> None:
             + (", ..." if len(extra) > 3 else "") + ")",
             "move them out of the tree, or give -o another directory",
         )
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename the new tree into place.  An old tree is first renamed aside, then removed,
-    so readers see the old tree or the new one, never a mix (for a moment, neither)."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.rename(out, old / "tree")
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        os.rename(old / "tree", out)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)
