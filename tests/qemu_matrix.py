@@ -26,7 +26,7 @@ class Storage:
     driver: str  # controller driver that must serve the disk (sysfs name)
     disk_mib: int  # unique per boot: tells the disks apart in the report
     cdrom: bool = False  # also attach a CD-ROM behind it
-    kind: str = "scsi"  # scsi | ide | nvme | virtio-blk | sd | usb | uas | builtin-ide
+    kind: str = "scsi"  # scsi | ide | nvme | nvme-ns | virtio-blk | sd | usb | uas | builtin-ide
     usb_host: str = ""
     no_disk: str = ""  # why the disk never shows, with any initrd: then only the binding is checked
 
@@ -70,6 +70,7 @@ GROUPS: tuple[BootGroup, ...] = (
             Nic("vmxnet3", "vmxnet3"),
             Nic("virtio-net-pci", "virtio_net"),
             Nic("virtio-net-pci-non-transitional", "virtio_net"),
+            Nic("virtio-net-pci-transitional", "virtio_net"),
             Nic("usb-net", "cdc_ether", usb_host="qemu-xhci"),
         ),
     ),
@@ -101,8 +102,14 @@ GROUPS: tuple[BootGroup, ...] = (
             Storage("dc390", "am53c974", 42, cdrom=True),
             Storage("nvme", "nvme", 43, kind="nvme"),
             Storage("virtio-blk-pci", "virtio_blk", 44, kind="virtio-blk"),
+            Storage("virtio-blk-pci-transitional", "virtio_blk", 46, kind="virtio-blk"),
+            Storage("virtio-blk-pci-non-transitional", "virtio_blk", 55, kind="virtio-blk"),
             Storage("virtio-scsi-pci", "virtio_scsi", 45, cdrom=True),
+            Storage("virtio-scsi-pci-transitional", "virtio_scsi", 56, cdrom=True),
+            Storage("virtio-scsi-pci-non-transitional", "virtio_scsi", 57, cdrom=True),
             Storage("sdhci-pci", "sdhci-pci", 32, kind="sd"),
+            # a namespace device in an NVM subsystem, instead of the controller's drive=
+            Storage("nvme-ns", "nvme", 58, kind="nvme-ns"),
         ),
     ),
     BootGroup(
@@ -114,6 +121,14 @@ GROUPS: tuple[BootGroup, ...] = (
             Storage("usb-storage@piix3-usb-uhci", "uhci_hcd", 50, kind="usb", usb_host="piix3-usb-uhci"),
             Storage("usb-storage@pci-ohci", "ohci-pci", 51, kind="usb", usb_host="pci-ohci"),
             Storage("usb-storage@nec-usb-xhci", "xhci_hcd", 52, kind="usb", usb_host="nec-usb-xhci"),
+            Storage("usb-storage@ich9-usb-ehci2", "ehci-pci", 59, kind="usb", usb_host="ich9-usb-ehci2"),
+            Storage("usb-storage@ich9-usb-uhci1", "uhci_hcd", 60, kind="usb", usb_host="ich9-usb-uhci1"),
+            Storage("usb-storage@ich9-usb-uhci2", "uhci_hcd", 61, kind="usb", usb_host="ich9-usb-uhci2"),
+            Storage("usb-storage@ich9-usb-uhci3", "uhci_hcd", 62, kind="usb", usb_host="ich9-usb-uhci3"),
+            Storage("usb-storage@ich9-usb-uhci4", "uhci_hcd", 63, kind="usb", usb_host="ich9-usb-uhci4"),
+            Storage("usb-storage@ich9-usb-uhci5", "uhci_hcd", 64, kind="usb", usb_host="ich9-usb-uhci5"),
+            Storage("usb-storage@ich9-usb-uhci6", "uhci_hcd", 65, kind="usb", usb_host="ich9-usb-uhci6"),
+            Storage("usb-storage@piix4-usb-uhci", "uhci_hcd", 66, kind="usb", usb_host="piix4-usb-uhci"),
             Storage("usb-uas@qemu-xhci", "uas", 54, kind="uas", usb_host="qemu-xhci"),
             Storage("usb-bot@qemu-xhci", "usb-storage", 53, kind="usb-bot", usb_host="qemu-xhci"),
         ),
@@ -121,25 +136,44 @@ GROUPS: tuple[BootGroup, ...] = (
     ),
 )
 
-# Listed by `qemu-system-x86_64 -device help` under network/storage, not booted here.
+# Listed by `qemu-system-x86_64 -device help` under Network, Storage or USB devices and not
+# booted here, each with its reason (tests/test_boot_matrix.py checks that list against
+# QEMU's, so a model QEMU adds cannot be left out silently).
+_MMIO = "virtio-mmio transport: no virtio-bus on the pc machine (QEMU refuses the device)"
+_VHOST_USER = "a vhost-user back-end: needs a vhost-user daemon on the host"
+_VHOST_SCSI = "needs the host's vhost-scsi target (kernel LIO); the guest sees a virtio-scsi HBA, tested"
 NOT_TESTED: dict[str, str] = {
     "ne2k_isa": "ISA, not PCI or USB (the ne2k driver exists but needs io=/irq= parameters)",
     "isa-ide": "ISA IDE; the pc machine's own IDE is piix3-ide, tested",
     "piix4-ide": "a second PIIX IDE on the pc machine decodes the same legacy ports as the built-in"
     " piix3-ide, so both fight over one disk (ATA timeouts); its driver ata_piix is tested on piix3-ide",
     "isa-fdc": "the pc machine's floppy controller; always present, `floppy` loads in every boot",
+    "floppy": "a drive on isa-fdc, the pc machine's ISA floppy controller (not PCI or USB)",
     "pvrdma": "an RDMA device needing a host RDMA backend; not a NIC (driver vmw_pvrdma)",
     "rocker": "a switch ASIC model that needs ports wired to host netdevs; driver rocker is packed",
-    "virtio-net-device": "virtio-mmio transport, absent on the pc machine",
-    "virtio-blk-device": "virtio-mmio transport, absent on the pc machine",
-    "virtio-scsi-device": "virtio-mmio transport, absent on the pc machine",
+    "virtio-net-device": _MMIO,
+    "virtio-blk-device": _MMIO,
+    "virtio-scsi-device": _MMIO,
+    "virtio-9p-device": _MMIO,
+    "vhost-scsi": f"{_MMIO}; {_VHOST_SCSI}",
+    "vhost-user-blk": f"{_MMIO}; {_VHOST_USER}",
+    "vhost-user-scsi": f"{_MMIO}; {_VHOST_USER}",
+    "vhost-user-fs-device": f"{_MMIO}; {_VHOST_USER} (virtiofsd)",
     "cxl-type3": "needs a CXL host bridge (q35 with cxl=on); not a boot or restore device",
     "nvdimm": "persistent memory, needs -machine nvdimm=on and a memory backend",
-    "vhost-scsi-pci": "needs the host's vhost-scsi target (kernel LIO)",
-    "vhost-user-blk-pci": "needs a vhost-user daemon on the host",
-    "vhost-user-scsi-pci": "needs a vhost-user daemon on the host",
+    "vhost-scsi-pci": _VHOST_SCSI,
+    "vhost-scsi-pci-transitional": _VHOST_SCSI,
+    "vhost-scsi-pci-non-transitional": _VHOST_SCSI,
+    "vhost-user-blk-pci": f"{_VHOST_USER}; the guest sees a virtio-blk device, tested",
+    "vhost-user-blk-pci-transitional": f"{_VHOST_USER}; the guest sees a virtio-blk device, tested",
+    "vhost-user-blk-pci-non-transitional": f"{_VHOST_USER}; the guest sees a virtio-blk device, tested",
+    "vhost-user-scsi-pci": f"{_VHOST_USER}; the guest sees a virtio-scsi HBA, tested",
+    "vhost-user-scsi-pci-transitional": f"{_VHOST_USER}; the guest sees a virtio-scsi HBA, tested",
+    "vhost-user-scsi-pci-non-transitional": f"{_VHOST_USER}; the guest sees a virtio-scsi HBA, tested",
     "vhost-user-fs-pci": "needs virtiofsd on the host; a filesystem, not a disk",
     "virtio-9p-pci": "a shared filesystem, not a disk",
+    "virtio-9p-pci-transitional": "a shared filesystem, not a disk",
+    "virtio-9p-pci-non-transitional": "a shared filesystem, not a disk",
     "scsi-block": "passes a host SCSI device through",
     "scsi-generic": "passes a host SCSI device through",
     "usb-mtp": "Media Transfer Protocol: not a block device",
@@ -202,6 +236,10 @@ def qemu_args(group: BootGroup, workdir: Path) -> list[str]:
                 )
         elif st.kind == "nvme":
             args.extend(["-device", f"nvme,serial=nvme{i},drive={drive}"])
+        elif st.kind == "nvme-ns":
+            args.extend(["-device", f"nvme-subsys,id=ss{i},nqn=ss{i}",
+                         "-device", f"nvme,id={ctl},serial=nvme{i},subsys=ss{i}",
+                         "-device", f"nvme-ns,drive={drive},bus={ctl}"])  # fmt: skip
         elif st.kind == "virtio-blk":
             args.extend(["-device", f"{model},drive={drive}"])
         elif st.kind == "sd":

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from initrd_composer.boot import hwreport
+from initrd_composer.boot.cmdline import BootConfig, parse_cmdline
 from initrd_composer.boot.coldplug import ProbeState
 from initrd_composer.boot.hwreport import blockdevs, build_report, driver_chain, netdevs, publish
 from initrd_composer.boot.modload import LoadResult
@@ -208,6 +210,46 @@ def test_build_report(sysfs: FakeSys) -> None:
         ["e1000"], {"nodev": "No such device"}, ["floppy"]
     )
     assert report["timings"] == timings
+
+
+def test_report_shows_what_init_parsed_from_the_kernel_command_line(sysfs: FakeSys) -> None:
+    cfg = parse_cmdline(
+        "BOOT_IMAGE=vmlinuz console=ttyS0 nuke probe pxe prefix=rescue"
+        " ipconf=eth0:10.0.2.15:255.255.255.0::10.0.2.2 ip=dhcp BOOTIF=01-52-54-00-12-34-56 ping=0"
+        " nfsmount=10.0.2.2:/srv/rescue denymods=floppy,snd-pcm obdr=1 tapedev=nst0 frobnicate"
+    )
+
+    def report(cmdline: BootConfig | None) -> dict[str, Any]:
+        root = str(sysfs.root)
+        return build_report(Context([]), ProbeState(), LoadResult(), {}, sys_root=root, cmdline=cmdline)
+
+    section = report(cfg)["cmdline"]
+    assert section == {
+        "mode": "probe",
+        "params": {
+            "pxe": True,
+            "prefix": "rescue",
+            "ipconf": {"device": "eth0", "dhcp": False, "address": "10.0.2.15", "netmask": "255.255.255.0",
+                       "broadcast": "", "gateway": "10.0.2.2"},
+            "ip": {"device": "", "method": "dhcp", "address": "", "gateway": "", "netmask": "",
+                   "hostname": ""},
+            "bootif": "52:54:00:12:34:56",
+            "ping": 0,
+            "nfsmount": "10.0.2.2:/srv/rescue",
+            "denymods": ["floppy", "snd_pcm"],
+        },
+        "unknown": ["obdr=1", "frobnicate"],
+        "problems": [
+            "probe: mode already nuke; the last one wins",
+            "tapedev=nst0: expected /dev/nstN; ignored",
+        ],
+    }
+    # the console line carries it as it is
+    assert json.loads(publish(report(cfg)).removeprefix("hwreport: "))["cmdline"] == section
+    # an empty command line: no mode, nothing accepted, nothing ignored
+    assert report(parse_cmdline(""))["cmdline"] == {"mode": None, "params": {}, "unknown": [], "problems": []}
+    # without a parsed command line (callers other than /init) there is no section
+    assert "cmdline" not in report(None)
 
 
 def test_publish_writes_json_and_returns_the_console_line(

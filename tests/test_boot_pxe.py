@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from initrd_composer.boot.cmdline import parse_cmdline
 from tests.image_fixtures import E1000_MODALIAS, compose, fake_sysfs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -31,6 +31,10 @@ pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("pxe")]
 MAC = "52:54:00:12:34:56"
 STATIC = "eth0:10.0.2.15:255.255.255.0:10.0.2.255:10.0.2.2"
 NFS = "10.0.2.2:/srv/rescue"
+# /init's reading of ipconf= (the hwreport's cmdline.params.ipconf): the tree's and the machine's own
+IPCONF_DHCP = {"device": "eth0", "dhcp": True, "address": "", "netmask": "", "broadcast": "", "gateway": ""}
+IPCONF_STATIC = {"device": "eth0", "dhcp": False, "address": "10.0.2.15", "netmask": "255.255.255.0",
+                 "broadcast": "10.0.2.255", "gateway": "10.0.2.2"}
 TIMEOUT_S = 90.0  # measured: 17-27 s each with a 33 MiB initrd over slirp's TFTP
 
 
@@ -59,21 +63,26 @@ def _kernel_words(result: qemu_boot.BootResult) -> list[str]:
     return lines[0].split("] Command line: ", 1)[1].split()
 
 
-def _check_boot(result: qemu_boot.BootResult, entry_words: list[str], loader_words: set[str]) -> None:
+def _check_boot(
+    result: qemu_boot.BootResult, entry_words: list[str], loader_words: set[str], ipconf: dict[str, Any]
+) -> None:
     """The kernel got the entry's words in order plus only what the loader adds; /init
-    understood all of them and saw the NIC that booted."""
+    understood all of them (its hwreport's `cmdline` says what it parsed, with nothing
+    unknown or malformed) and saw the NIC that booted."""
     assert result.reason == "matched", "\n".join(result.lines[-40:])
     words = _kernel_words(result)
     start = words.index(entry_words[0])
     assert words[start : start + len(entry_words)] == entry_words
     assert set(words) - set(entry_words) == loader_words
-    cfg = parse_cmdline(" ".join(words))
-    assert cfg.problems == () and cfg.unknown == ()
-    assert (cfg.mode, cfg.pxe, cfg.prefix, cfg.nfsmount, cfg.bootif) == ("probe", True, "rescue", NFS, MAC)
     complaints = [line for line in result.lines if "initrd-composer:" in line and "kernel parameter" in line]
     assert complaints == []
     assert result.matched_line is not None
     report = json.loads(result.matched_line.split(":", 1)[1])
+    parsed = report["cmdline"]
+    assert (parsed["mode"], parsed["unknown"], parsed["problems"]) == ("probe", [], []), parsed
+    assert parsed["params"] == {
+        "pxe": True, "prefix": "rescue", "ipconf": ipconf, "nfsmount": NFS, "bootif": MAC
+    }, parsed
     assert MAC in [dev["mac"] for dev in report["netdevs"]], report["netdevs"]
 
 
@@ -87,7 +96,8 @@ def test_bios_pxelinux_boots_the_per_mac_entry(tree: Path) -> None:
     result = qemu_boot.boot_firmware(_net(tree, "pxelinux.0", "e1000"), timeout=TIMEOUT_S)
     entry = _append(tree / "pxelinux.cfg/01-52-54-00-12-34-56", "probe")
     assert f"ipconf={STATIC}" in entry  # the machine's own file, not `default`
-    _check_boot(result, entry, {"BOOT_IMAGE=vmlinuz", "initrd=initrd.img", "BOOTIF=01-52-54-00-12-34-56"})
+    loader = {"BOOT_IMAGE=vmlinuz", "initrd=initrd.img", "BOOTIF=01-52-54-00-12-34-56"}
+    _check_boot(result, entry, loader, IPCONF_STATIC)
     print(f"pxe bios pxelinux: hwreport after {result.elapsed:.1f} s")
 
 
@@ -96,7 +106,8 @@ def test_bios_ipxe_script(tree: Path) -> None:
     script = (tree / "boot.ipxe").read_text().splitlines()
     kernel = script[script.index(":probe") + 1].split()
     assert kernel[:3] == ["kernel", "vmlinuz", "initrd=initrd.img"]
-    _check_boot(result, kernel[3:-1], {"initrd=initrd.img", "BOOTIF=01-52-54-00-12-34-56"})
+    assert "ipconf=eth0:dhcp" in kernel  # the tree's own: iPXE has no per-machine file
+    _check_boot(result, kernel[3:-1], {"initrd=initrd.img", "BOOTIF=01-52-54-00-12-34-56"}, IPCONF_DHCP)
     print(f"pxe bios ipxe: hwreport after {result.elapsed:.1f} s")
 
 
@@ -107,7 +118,8 @@ def test_uefi_secure_boot_shim_grub(tree: Path, tmp_path: Path) -> None:
     grub = (tree / "grub/grub.cfg").read_text().splitlines()
     entry = next(line for line in grub if line.strip().startswith("linux ") and " probe " in line).split()
     assert entry[1] == "$cmdpath/vmlinuz" and entry[-1] == "BOOTIF=01-${net_default_mac}"
-    _check_boot(result, entry[2:-1], {"BOOT_IMAGE=(tftp,10.0.2.2)/vmlinuz", f"BOOTIF=01-{MAC}"})
+    assert "ipconf=eth0:dhcp" in entry
+    _check_boot(result, entry[2:-1], {"BOOT_IMAGE=(tftp,10.0.2.2)/vmlinuz", f"BOOTIF=01-{MAC}"}, IPCONF_DHCP)
     assert any("secureboot: Secure boot enabled" in line for line in result.lines)
     assert any("Kernel is locked down from EFI Secure Boot" in line for line in result.lines)
     print(f"pxe uefi secure boot: hwreport after {result.elapsed:.1f} s")

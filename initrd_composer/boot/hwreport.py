@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
 
+from initrd_composer.boot.cmdline import BootConfig
 from initrd_composer.boot.coldplug import ProbeState
+from initrd_composer.boot.console import log
 from initrd_composer.boot.modload import LoadResult
 
 HWREPORT_PATH = "/run/initrd-composer/hwreport.json"
@@ -114,6 +117,21 @@ def blockdevs(sys_root: str = "/sys") -> list[dict[str, Any]]:
     return out
 
 
+def cmdline_section(cfg: BootConfig) -> dict[str, Any]:
+    """What /init made of the kernel command line: the mode, every parameter it accepted
+    (only those given; ipconf= and ip= as their fields), the unknown words it ignored and
+    the malformed or conflicting ones, each with the reason."""
+    params: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in ("mode", "unknown", "problems") or value is None or value is False or value == ():
+            continue
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        params[f.name] = list(value) if isinstance(value, tuple) else value
+    return {"mode": cfg.mode, "params": params, "unknown": list(cfg.unknown), "problems": list(cfg.problems)}
+
+
 def build_report(
     context: Any,
     state: ProbeState,
@@ -121,7 +139,9 @@ def build_report(
     timings: dict[str, float],
     *,
     sys_root: str = "/sys",
+    cmdline: BootConfig | None = None,
 ) -> dict[str, Any]:
+    """The report; `cmdline` (what /init parsed from /proc/cmdline) adds its section."""
     devs = devices(context, state)
     missing = sorted(
         {
@@ -130,7 +150,7 @@ def build_report(
             if not d["modules"] and not d["driver"] and d["modalias"] not in state.builtin
         }
     )
-    return {
+    report: dict[str, Any] = {
         "devices": devs,
         "netdevs": netdevs(sys_root),
         "blockdevs": blockdevs(sys_root),
@@ -140,15 +160,19 @@ def build_report(
         "denied": loads.denied,
         "timings": timings,
     }
+    if cmdline is not None:
+        report["cmdline"] = cmdline_section(cmdline)
+    return report
 
 
 def publish(report: dict[str, Any]) -> str:
-    """Save the report under /run for later stages; return the console line."""
+    """Save the report under /run for later stages; return the console line. A report that
+    cannot be saved is said in one log line: the console line still carries it."""
     text = json.dumps(report, sort_keys=True, separators=(",", ":"))
     try:
         os.makedirs(os.path.dirname(HWREPORT_PATH), exist_ok=True)
         with open(HWREPORT_PATH, "w") as f:
             f.write(text + "\n")
-    except OSError:
-        pass
+    except OSError as exc:
+        log(f"cannot save the hardware report to {HWREPORT_PATH}: {exc.strerror or exc}", 4)
     return "hwreport: " + text

@@ -10,16 +10,15 @@ from initrd_composer.boot import early
 from initrd_composer.boot.cmdline import BootConfig, parse_cmdline
 from initrd_composer.boot.console import emit, log, uptime
 from initrd_composer.boot.emergency import emergency, power, run_shell
-from module_db.contract import MANIFEST_PATH, ImageManifest
-
-FAIL_ENV = "INITRD_COMPOSER_FAIL"  # test hook, set by the `initrd_composer.fail=STAGE` parameter
+from module_db.contract import MANIFEST_PATH, SCAN_SETTLE_MS, SETTLE_MS, ImageManifest
 
 
 def _read_cmdline() -> str:
     try:
         with open("/proc/cmdline") as f:
             return f.read()
-    except OSError:
+    except OSError as exc:  # the menu's mode and network words are lost: say so
+        log(f"cannot read /proc/cmdline: {exc.strerror}; going on without kernel parameters", 3)
         return ""
 
 
@@ -53,13 +52,13 @@ def probe(cfg: BootConfig, cmdline: str, t_start: float) -> dict[str, Any]:
         loader,
         AliasIndex(manifest.aliases),
         AliasIndex(manifest.builtin_aliases),
-        settle_s=float(manifest.boot.get("settle_ms", 500)) / 1000,
-        scan_settle_s=float(manifest.boot.get("scan_settle_ms", 2500)) / 1000,
+        settle_s=float(manifest.boot.get("settle_ms", SETTLE_MS)) / 1000,
+        scan_settle_s=float(manifest.boot.get("scan_settle_ms", SCAN_SETTLE_MS)) / 1000,
     )
     context = pyudev.Context()
     state = prober.run(context, force=cfg.forcemods)
     timings = {"init_start": t_start, "probe_end": uptime()}
-    report = build_report(context, state, loader.result, timings)
+    report = build_report(context, state, loader.result, timings, cmdline=cfg)
     for mod, why in sorted(loader.result.failed.items()):
         log(f"module {mod}: {why}", 4)
     emit(publish(report))
