@@ -1,20 +1,40 @@
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 
+from initrd_composer.runner import run
 from module_db.kernel_modules import KernelModules
 from module_db.load import load_kernel_modules
-from tests.kernel_fixtures import compressed_copy, installed_kernel
+from tests.kernel_fixtures import KernelChoice, KernelChoiceError, chosen_kernel, compressed_copy
+
+
+@functools.cache
+def _choice() -> KernelChoice | str:
+    """The session's kernel, or why none could be chosen."""
+    try:
+        return chosen_kernel()
+    except KernelChoiceError as exc:
+        return str(exc)
+
+
+def pytest_report_header() -> str:
+    choice = _choice()
+    if isinstance(choice, str):
+        return f"test kernel: none ({choice})"
+    return f"test kernel: {choice.version} ({choice.why}; {choice.moddir})"
 
 
 @pytest.fixture(scope="session")
 def kernel() -> tuple[str, Path]:
-    found = installed_kernel()
-    if found is None:
-        pytest.fail("no kernel installed: scripts/setup installs linux-image-amd64")
-    return found
+    """(version, modules directory) of the kernel under test: see tests/kernel_fixtures.py
+    (INITRD_COMPOSER_TEST_KERNEL=VERSION chooses it)."""
+    choice = _choice()
+    if isinstance(choice, str):
+        pytest.fail(choice)
+    return choice.version, choice.moddir
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +51,18 @@ def compressed_kernel(
     base = tmp_path_factory.mktemp("kernel" + suffix.replace(".", "-"))
     moddir = compressed_copy(kernel[0], kernel[1], base, suffix)
     return kernel[0], base, moddir
+
+
+@pytest.fixture(scope="session")
+def debian_initrd(kernel: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(version, initramfs-tools image) for the kernel under test: /boot/initrd.img-V, or,
+    for a kernel installed without one (a copied test kernel), one mkinitramfs makes now."""
+    version = kernel[0]
+    if not Path(f"/boot/vmlinuz-{version}").is_file():
+        pytest.fail(f"/boot/vmlinuz-{version} missing: the kernel under test must be bootable")
+    installed = Path(f"/boot/initrd.img-{version}")
+    if installed.is_file():
+        return version, installed
+    made = tmp_path_factory.mktemp("debian-initrd") / f"initrd.img-{version}"
+    run(["mkinitramfs", "-o", made, version], timeout=1800)
+    return version, made

@@ -19,6 +19,7 @@ from initrd_composer.cli import main as cli
 from initrd_composer.image.reader import InitrdImage, open_image
 from module_db.contract import MANIFEST_PATH, ImageManifest
 from module_db.kernel_modules import KernelModules
+from tests.kernel_fixtures import installed_kernels, version_sort_key
 
 EPOCH = 1_700_000_000
 # QEMU's e1000 (82540EM) and e1000e (82574L), as the kernel reports them in sysfs.
@@ -116,6 +117,19 @@ def fake_kernel(dest: Path, km: KernelModules, moddir: Path, roots: Sequence[str
     return fake
 
 
+def headline_pattern(version: str, installed: Sequence[str] | None = None) -> str:
+    """The broadest `--kernel` pattern whose newest installed match is `version`: 'MAJOR.x'
+    (the README's example) when no newer kernel of that major is installed, else
+    'MAJOR.MINOR.*', else the version itself."""
+    versions = list(installed_kernels()) if installed is None else sorted(installed, key=version_sort_key)
+    major, minor = [*version.split("."), ""][:2]
+    for pattern, prefix in ((f"{major}.x", f"{major}."), (f"{major}.{minor}.*", f"{major}.{minor}.")):
+        matches = [v for v in versions if v.startswith(prefix)]
+        if matches and matches[-1] == version:
+            return pattern
+    return version
+
+
 @pytest.fixture(scope="session")
 def build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One XDG cache for every build of the session: the first build fills it."""
@@ -127,9 +141,11 @@ def all_nics_image(
     tmp_path_factory: pytest.TempPathFactory, build_cache: Path, kernel: tuple[str, Path]
 ) -> BuiltImage:
     """`compose-initrd --kernel 6.x --all-nics -o initrd.img`, the headline build (with a
-    cold cache: later builds of the same image, with a warm one, must give the same bytes)."""
+    cold cache: later builds of the same image, with a warm one, must give the same bytes).
+    With a newer 6.x installed beside the kernel under test, the pattern narrows (6.1.*) so
+    that it still names the kernel under test (see headline_pattern)."""
     out = tmp_path_factory.mktemp("all-nics") / "initrd.img"
-    pattern = kernel[0].split(".")[0] + ".x"
+    pattern = headline_pattern(kernel[0])
     built = build(["--kernel", pattern, "--all-nics"], out, build_cache)
     assert built.version == kernel[0], f"--kernel {pattern} chose {built.version}"
     return built

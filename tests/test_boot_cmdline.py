@@ -1,4 +1,4 @@
-"""The kernel command line as /init reads it (DESIGN.md "Kernel command line"): whole tokens,
+"""The kernel command line as /init reads it (docs/design.md, "The kernel command line"): whole tokens,
 kernel quoting, every documented parameter, and malformed values reported, never raised."""
 
 from __future__ import annotations

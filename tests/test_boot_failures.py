@@ -13,6 +13,7 @@ import pytest
 
 from module_db.kernel_modules import KernelModules
 from tests.image_fixtures import BuiltImage, build, fake_kernel
+from tests.kernel_fixtures import module_bytes, vmlinuz_release, write_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import qemu_boot
@@ -44,6 +45,11 @@ def test_raised_error_drops_to_emergency_shell_with_working_modprobe(all_nics_im
     """A stage raises: the reason is printed, a shell starts (no panic), and in that shell the
     kernel's request_module("fs-vfat") is served by the image's modprobe."""
     probe = "mount -t vfat /dev/null /mnt 2>/dev/null; echo VFAT_$(grep -c '^vfat ' /proc/modules)_LOADED\n"
+    # The kernel runs modprobe, which looks in /lib/modules/$(uname -r): the image's modules
+    # are there only when the vmlinuz is the kernel they were built for (not so for a kernel
+    # directory copied under another name with its vmlinuz).
+    release = vmlinuz_release(_vmlinuz(all_nics_image.version))
+    assert release == all_nics_image.version, f"{_vmlinuz(all_nics_image.version)} says it is {release}"
     result = qemu_boot.boot(
         _vmlinuz(all_nics_image.version),
         all_nics_image.path,
@@ -67,10 +73,13 @@ def test_bad_module_is_reported_and_probing_goes_on(
     reports the AHCI disk; e1000e was never packed, so its device is listed as missing."""
     moddir = fake_kernel(tmp_path / "root", kernel_modules, kernel[1], roots=("ahci", "e1000", "sd_mod"))
     ko = moddir / kernel_modules.deps["e1000"].path
-    data = bytearray(ko.read_bytes())
-    at = data.index(b"vermagic=" + kernel[0].encode())
-    data[at + len("vermagic=")] ^= 0x01  # "6.1.0-..." -> "7.1.0-...": a module for another kernel
-    ko.write_bytes(bytes(data))
+    data = bytearray(module_bytes(ko))  # the ELF inside a .ko.xz/.ko.zst too
+    # vermagic= is the release the module was built for: the kernel's own (on a copied test
+    # kernel, the release of the vmlinuz it was copied from, which is what boots).
+    at = data.index(b"\0vermagic=") + len(b"\0vermagic=")
+    assert chr(data[at]).isdigit(), data[at : at + 40]
+    data[at] ^= 0x01  # "6.1.0-..." -> "7.1.0-...": a module for another kernel
+    write_module(ko, bytes(data))
     image = build(["--kernel", str(moddir), "--all-nics"], tmp_path / "bad.img", build_cache)
     disk = tmp_path / "disk.img"
     with disk.open("wb") as f:

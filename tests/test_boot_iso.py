@@ -13,6 +13,7 @@ import pytest
 from initrd_composer.cli import main as cli
 from module_db.kernel_modules import KernelModules
 from tests.image_fixtures import EPOCH, BuiltImage, build, build_env, fake_kernel
+from tests.kernel_fixtures import module_bytes, write_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import qemu_boot
@@ -144,12 +145,14 @@ def test_secure_boot_loads_the_signed_chain_and_modules(iso: Path, tmp_path: Pat
 
 
 def strip_signature(ko: Path) -> None:
-    """Drop the PKCS#7 signature the distribution appended to a module."""
-    data = ko.read_bytes()
+    """Drop the PKCS#7 signature the distribution appended to a module (inside the
+    compressed file for a .ko.xz/.ko.zst: unpacked, stripped, packed again)."""
+    data = module_bytes(ko)
     assert data.endswith(SIG_MAGIC), f"{ko} is not signed"
     info = data[-len(SIG_MAGIC) - 12 : -len(SIG_MAGIC)]  # struct module_signature
     sig_len = int.from_bytes(info[8:12], "big")
-    ko.write_bytes(data[: -len(SIG_MAGIC) - 12 - sig_len])
+    write_module(ko, data[: -len(SIG_MAGIC) - 12 - sig_len])
+    assert not module_bytes(ko).endswith(SIG_MAGIC)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +163,11 @@ def unsigned_e1000_image(
     tmp = tmp_path_factory.mktemp("unsigned")
     moddir = fake_kernel(tmp / "root", kernel_modules, kernel[1], roots=("ahci", "e1000", "sd_mod", "sr_mod"))
     strip_signature(moddir / kernel_modules.deps["e1000"].path)
-    return build(["--kernel", str(moddir), "--all-nics"], tmp / "unsigned.img", build_cache).path
+    built = build(["--kernel", str(moddir), "--all-nics"], tmp / "unsigned.img", build_cache)
+    parsed = built.parsed()
+    assert not parsed.read(built.module_path("e1000")).endswith(SIG_MAGIC)
+    assert parsed.read(built.module_path("ahci")).endswith(SIG_MAGIC)  # the others keep theirs
+    return built.path
 
 
 @pytest.mark.xdist_group("iso-bios")

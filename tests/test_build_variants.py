@@ -3,38 +3,17 @@ that lacks the chosen decompressor."""
 
 from __future__ import annotations
 
-import gzip
 import json
-import lzma
 import shutil
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from module_db.kernel_modules import KernelModules
 from tests.image_fixtures import EPOCH, build, compose, fake_kernel, read_built
+from tests.kernel_fixtures import module_bytes, plain_module_name, recompress_modules
 
 pytest_plugins = ("tests.image_fixtures",)
-
-_COMPRESSORS = {
-    ".gz": lambda b: gzip.compress(b, mtime=0),
-    ".xz": lambda b: lzma.compress(b, check=lzma.CHECK_CRC32),
-    ".zst": lambda b: zstandard.ZstdCompressor().compress(b),
-}
-
-
-def _compress_kernel(moddir: Path, suffix: str) -> None:
-    """Compress every module of a fake kernel in place and rewrite modules.dep to match."""
-    for ko in moddir.rglob("*.ko"):
-        ko.with_name(ko.name + suffix).write_bytes(_COMPRESSORS[suffix](ko.read_bytes()))
-        ko.unlink()
-    dep = moddir / "modules.dep"
-    def renamed(word: str) -> str:
-        return word.replace(".ko", ".ko" + suffix) if word.rstrip(":").endswith(".ko") else word
-
-    lines = [" ".join(renamed(w) for w in line.split()) for line in dep.read_text().splitlines()]
-    dep.write_text("\n".join(lines) + "\n")
 
 
 @pytest.mark.parametrize("suffix", [".gz", ".xz", ".zst"])
@@ -42,15 +21,19 @@ def test_compressed_modules_are_unpacked_or_kept(
     suffix: str, tmp_path: Path, kernel: tuple[str, Path], kernel_modules: KernelModules, build_cache: Path
 ) -> None:
     moddir = fake_kernel(tmp_path / "root", kernel_modules, kernel[1])
-    _compress_kernel(moddir, suffix)
+    recompress_modules(moddir, suffix)  # whatever the kernel's own modules are
+    compressed = Path(f"{moddir / plain_module_name(kernel_modules.deps['ahci'].path)}{suffix}")
+    assert compressed.is_file()
     image = build(["--kernel", str(moddir)], tmp_path / "u.img", build_cache)
     parsed = image.parsed()
     ahci = image.manifest.modules["ahci"]
     assert ahci.path.endswith("ahci.ko")
     packed = parsed.read(f"usr/lib/modules/{kernel[0]}/{ahci.path}")
-    assert packed == (kernel[1] / kernel_modules.deps["ahci"].path).read_bytes()
+    assert packed == module_bytes(kernel[1] / kernel_modules.deps["ahci"].path)
+    assert packed.startswith(b"\x7fELF")
     kept = build(["--kernel", str(moddir), "--keep-compressed-modules"], tmp_path / "k.img", build_cache)
     assert kept.manifest.modules["ahci"].path.endswith("ahci.ko" + suffix)
+    assert kept.parsed().read(kept.module_path("ahci")) == compressed.read_bytes()
 
 
 def test_kernel_without_builtin_modinfo(

@@ -13,6 +13,14 @@ import pytest
 from initrd_composer.cli import main as cli
 from initrd_composer.runner import run
 from tests.image_fixtures import compose, fake_copy
+from tests.kernel_fixtures import (
+    installed_kernels,
+    is_module_file,
+    module_bytes,
+    module_suffix,
+    recompress_modules,
+    write_module,
+)
 
 pytest_plugins = ("tests.image_fixtures",)
 
@@ -57,11 +65,18 @@ def fake(fake_kernel_dir: Path, tmp_path: Path) -> Path:
 # -- the kernel ------------------------------------------------------------------------
 
 
+def _installed_listing() -> str:
+    """Every installed kernel (a modules.dep under /lib/modules or /usr/lib/modules), oldest
+    first, as the error lists them: more than the one under test on an upgraded machine."""
+    return ", ".join(installed_kernels())
+
+
 def test_unknown_kernel_version_lists_installed(
     capsys: pytest.CaptureFixture[str], build_cache: Path, out_dir: Path, kernel: tuple[str, Path]
 ) -> None:
     msg, hint = _fails(capsys, ["--kernel", "9.9.9-nothing"], build_cache, out_dir)
-    assert msg == f"unknown kernel '9.9.9-nothing': installed are {kernel[0]}"
+    assert msg == f"unknown kernel '9.9.9-nothing': installed are {_installed_listing()}"
+    assert kernel[0] in _installed_listing().split(", ")
     assert "a pattern such as 6.x" in hint
 
 
@@ -69,7 +84,8 @@ def test_kernel_pattern_without_match_lists_installed(
     capsys: pytest.CaptureFixture[str], build_cache: Path, out_dir: Path, kernel: tuple[str, Path]
 ) -> None:
     msg, _hint = _fails(capsys, ["--kernel", "2.x"], build_cache, out_dir)
-    assert msg == f"unknown kernel '2.x': installed are {kernel[0]}"
+    assert msg == f"unknown kernel '2.x': installed are {_installed_listing()}"
+    assert kernel[0] in _installed_listing().split(", ")
 
 
 def test_missing_modules_directory(
@@ -112,16 +128,26 @@ def test_corrupt_modules_dep(
 
 
 def _break_module(fake: Path, how: str) -> Path:
-    libahci = fake / "kernel/drivers/ata/libahci.ko"
+    """Damage libahci's file (.ko, or .ko.xz/.zst as the kernel ships it: the damage is to
+    the ELF inside, compressed again, so the error is the same whatever the compression)."""
+    found = [p for p in (fake / "kernel/drivers/ata").glob("libahci.ko*") if is_module_file(p.name)]
+    assert len(found) == 1, found
+    libahci = found[0]
     if how == "missing":
         libahci.unlink()
     elif how == "junk":
-        libahci.write_bytes(b"this is not an ELF file\n" * 10)
-    else:  # truncated: a real ELF header whose sections lie past the end
-        libahci.write_bytes(libahci.read_bytes()[:64])
+        write_module(libahci, b"this is not an ELF file\n" * 10)
+    elif how == "truncated":  # a real ELF header whose sections lie past the end
+        elf = module_bytes(libahci)
+        assert elf.startswith(b"\x7fELF")
+        write_module(libahci, elf[:64])
+    else:  # corrupt-compressed: xz/zstd/gzip framing that does not decode
+        assert module_suffix(libahci), libahci
+        libahci.write_bytes(libahci.read_bytes()[:40])
     return libahci
 
 
+@pytest.mark.parametrize("suffix", ["", ".xz"], ids=["ko", "ko.xz"])
 @pytest.mark.parametrize(
     ("how", "expected"),
     [
@@ -131,12 +157,25 @@ def _break_module(fake: Path, how: str) -> Path:
     ],
 )
 def test_broken_module_file(
-    *, how: str, expected: str, capsys: pytest.CaptureFixture[str], build_cache: Path, out_dir: Path,
-    fake: Path,
+    *, suffix: str, how: str, expected: str, capsys: pytest.CaptureFixture[str], build_cache: Path,
+    out_dir: Path, fake: Path,
 ) -> None:
+    recompress_modules(fake, suffix)  # plain and compressed modules, whatever the kernel ships
     ko = _break_module(fake, how)
+    assert ko.name == "libahci.ko" + suffix
     msg, hint = _fails(capsys, ["--kernel", str(fake), "--no-cache"], build_cache, out_dir)
     assert msg.startswith(expected.format(ko=ko))
+    assert "reinstall the kernel package" in hint
+
+
+@pytest.mark.parametrize("suffix", [".xz", ".zst", ".gz"])
+def test_corrupt_compressed_module_file(
+    *, suffix: str, capsys: pytest.CaptureFixture[str], build_cache: Path, out_dir: Path, fake: Path,
+) -> None:
+    recompress_modules(fake, suffix)
+    ko = _break_module(fake, "corrupt-compressed")
+    msg, hint = _fails(capsys, ["--kernel", str(fake), "--no-cache"], build_cache, out_dir)
+    assert msg.startswith(f"corrupt compressed module {ko}: ")
     assert "reinstall the kernel package" in hint
 
 

@@ -13,6 +13,7 @@ from module_db.alias_match import AliasIndex
 from module_db.kernel_modules import KernelModules
 from module_db.names import name_from_path
 from tests.image_fixtures import E1000_MODALIAS, E1000E_MODALIAS, IGB_MODALIAS, BuiltImage, fake_sysfs
+from tests.kernel_fixtures import plain_module_name
 from tests.kmod_oracle import fill_wildcards
 
 pytest_plugins = ("tests.image_fixtures",)
@@ -102,20 +103,35 @@ def test_match_lists_every_module_of_an_ambiguous_alias(
 # -- explain ---------------------------------------------------------------------------
 
 
+def _kernel_paths(version: str, expected: dict[str, str]) -> dict[str, str]:
+    """The module files explain names: the kernel's own, as `modinfo -n` finds them (.ko, or
+    .ko.xz/.ko.zst/.ko.gz when the kernel ships them compressed), each checked to be the
+    expected .ko once unpacked."""
+    paths = {}
+    for name in expected:
+        found = run(["modinfo", "-k", version, "-n", name]).stdout.decode().strip()
+        paths[name] = found.split(f"/modules/{version}/", 1)[1]
+    assert {name: plain_module_name(p) for name, p in paths.items()} == expected
+    return paths
+
+
 def test_explain_class_dependency_and_builtin(
     capsys: pytest.CaptureFixture[str], kernel: tuple[str, Path], kernel_modules: KernelModules
 ) -> None:
     k = kernel[0]
+    path = _kernel_paths(k, {"ahci": "kernel/drivers/ata/ahci.ko",
+                             "libahci": "kernel/drivers/ata/libahci.ko",
+                             "mbcache": "kernel/fs/mbcache.ko"})
     out, _ = _cli(capsys, ["explain", "--kernel", k, "--all-nics", "ahci"])
     assert out == [
-        "ahci: packed: driver class storage (kernel/drivers/ata/ahci.ko, class storage)",
+        f"ahci: packed: driver class storage ({path['ahci']}, class storage)",
         "ahci: loads after scsi_common, scsi_mod, libata, libahci",
     ]
     out, _ = _cli(capsys, ["explain", "--kernel", k, "--all-nics", "libahci"])
-    assert out[0] == "libahci: packed: driver class storage (kernel/drivers/ata/libahci.ko, class storage)"
+    assert out[0] == f"libahci: packed: driver class storage ({path['libahci']}, class storage)"
     out, _ = _cli(capsys, ["explain", "--kernel", k, "--all-nics", "mbcache"])
     assert out == ["mbcache: packed: pulled in by ext4 (dependency, softdep or weakdep) "
-                   "(kernel/fs/mbcache.ko, class none)"]
+                   f"({path['mbcache']}, class none)"]
     builtin = sorted(kernel_modules.builtin - set(kernel_modules.deps))[0]
     out, _ = _cli(capsys, ["explain", "--kernel", k, builtin])
     assert out == [f"{builtin}: built into kernel {k}; never packed, always available"]
@@ -127,21 +143,24 @@ def test_explain_class_dependency_and_builtin(
 def test_explain_nics_follow_the_host(
     capsys: pytest.CaptureFixture[str], kernel: tuple[str, Path], tmp_path: Path
 ) -> None:
+    path = _kernel_paths(kernel[0], {"igb": "kernel/drivers/net/ethernet/intel/igb/igb.ko",
+                                     "e1000": "kernel/drivers/net/ethernet/intel/e1000/e1000.ko",
+                                     "hv_netvsc": "kernel/drivers/net/hyperv/hv_netvsc.ko"})
     sysfs = str(fake_sysfs(tmp_path / "sys", {"eth0": E1000_MODALIAS}))
     base = ["explain", "--kernel", kernel[0], "--sys-root", sysfs]
     out, _ = _cli(capsys, [*base, "igb"])
     assert out == [
-        "igb: not packed (kernel/drivers/net/ethernet/intel/igb/igb.ko): "
+        f"igb: not packed ({path['igb']}): "
         "class nic needs --all-nics (no host NIC uses it)"
     ]
     out, _ = _cli(capsys, [*base, "e1000"])
     assert out == ["e1000: packed: the build host's NIC eth0 uses it "
-                   "(kernel/drivers/net/ethernet/intel/e1000/e1000.ko, class nic)"]
+                   f"({path['e1000']}, class nic)"]
     out, _ = _cli(capsys, [*base, "--all-nics", "igb"])
     assert out[0].startswith("igb: packed: driver class nic")
     assert out[1] == "igb: loads after i2c_algo_bit, dca"
     out, _ = _cli(capsys, [*base, "--all-nics", "--omit-modules", "hv-netvsc,igb", "hv_netvsc"])
-    assert out == ["hv_netvsc: not packed (kernel/drivers/net/hyperv/hv_netvsc.ko): "
+    assert out == [f"hv_netvsc: not packed ({path['hv_netvsc']}): "
                    "omitted by --omit-modules"]
 
 

@@ -21,6 +21,7 @@ from module_db.classify import classify
 from module_db.kernel_modules import KernelModules
 from module_db.names import name_from_path
 from tests.image_fixtures import EPOCH, BuiltImage, build
+from tests.kernel_fixtures import is_module_file, module_bytes, plain_module_name
 
 pytest_plugins = ("tests.image_fixtures",)
 
@@ -81,16 +82,21 @@ def test_every_packed_module_brings_its_closure(
 
 
 def test_module_files_are_the_kernels_own(
-    all_nics_image: BuiltImage, kernel: tuple[str, Path]
+    all_nics_image: BuiltImage, kernel: tuple[str, Path], kernel_modules: KernelModules
 ) -> None:
+    """Each packed module is the kernel's file, unpacked when the kernel ships it compressed
+    (.ko.xz/.ko.zst/.ko.gz): the image holds plain .ko files only."""
     image = all_nics_image.parsed()
     prefix = f"usr/lib/modules/{all_nics_image.version}/"
-    module_members = {m.path for m in image.members if m.path.startswith(prefix) and m.path.endswith(".ko")}
+    module_members = {m.path for m in image.members if m.path.startswith(prefix) and is_module_file(m.path)}
+    assert all(p.endswith(".ko") for p in module_members)
     expected = {all_nics_image.module_path(n) for n in all_nics_image.manifest.modules}
     assert module_members == expected
     for name, mod in all_nics_image.manifest.modules.items():
+        host_file = kernel[1] / kernel_modules.deps[name].path
+        assert mod.path == plain_module_name(kernel_modules.deps[name].path), name
         data = image.read(all_nics_image.module_path(name))
-        host = (kernel[1] / mod.path).read_bytes()
+        host = module_bytes(host_file)
         assert hashlib.sha256(data).digest() == hashlib.sha256(host).digest(), name
     # The image's own modules.dep (for busybox modprobe) lists exactly the packed files.
     dep_text = image.read(prefix + "modules.dep").decode()

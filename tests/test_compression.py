@@ -37,26 +37,39 @@ from initrd_composer.image.compression import (
     resolve_level,
 )
 from initrd_composer.runner import run
+from tests.kernel_fixtures import is_module_file, module_bytes
 
-MODULES = Path("/lib/modules")
+BIG = 40 << 20
 
 
-def _module_bytes(limit: int) -> bytes:
-    """Real, moderately compressible input: concatenated kernel modules."""
+def _module_bytes(moddir: Path, limit: int) -> bytes:
+    """Real, moderately compressible input: the kernel's NIC modules concatenated, unpacked
+    first when the kernel ships them as .ko.xz/.ko.zst (so the input does not depend on how
+    the kernel compresses its modules)."""
     parts: list[bytes] = []
     total = 0
-    for path in sorted(MODULES.glob("*/kernel/drivers/net/**/*.ko")):
-        parts.append(path.read_bytes())
+    for path in sorted(p for p in (moddir / "kernel/drivers/net").rglob("*") if is_module_file(p.name)):
+        parts.append(module_bytes(path))
         total += len(parts[-1])
         if total >= limit:
             return b"".join(parts)[:limit]
-    pytest.skip("not enough kernel modules installed for a multi-job zstd input")
+    pytest.fail(f"only {total} bytes of NIC modules in {moddir}: a Debian kernel has more than {limit}")
 
 
 @pytest.fixture(scope="module")
-def big_input() -> bytes:
+def big_input(kernel: tuple[str, Path]) -> bytes:
     # Larger than several zstd multi-thread jobs at levels 1 and 3, so threads really split it.
-    return _module_bytes(40 << 20)
+    data = _module_bytes(kernel[1], BIG)
+    assert len(data) == BIG and data.startswith(b"\x7fELF")
+    return data
+
+
+def _tool(name: str) -> str:
+    """A command scripts/setup installs: missing is a failure, not a skip."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not installed: scripts/setup installs it")
+    return path
 
 
 @pytest.mark.parametrize("name", ["zstd", "xz", "gzip", "none"])
@@ -90,11 +103,10 @@ def test_zstd_output_independent_of_write_chunking(big_input: bytes) -> None:
 
 
 def test_zstd_cli_reads_our_frames(tmp_path: Path, big_input: bytes) -> None:
-    if not shutil.which("zstd"):
-        pytest.skip("zstd CLI not installed")
+    zstd = _tool("zstd")
     packed = tmp_path / "x.zst"
     packed.write_bytes(compress_bytes(big_input[: 5 << 20], "zstd"))
-    assert run(["zstd", "-q", "-d", "-c", packed]).stdout == big_input[: 5 << 20]
+    assert run([zstd, "-q", "-d", "-c", packed]).stdout == big_input[: 5 << 20]
 
 
 def test_xz_uses_crc32_check_as_the_kernel_requires() -> None:
@@ -104,8 +116,8 @@ def test_xz_uses_crc32_check_as_the_kernel_requires() -> None:
     assert lzma.decompress(packed) == b"x" * 1000
 
 
-def test_xz_preset_is_applied() -> None:
-    data = _module_bytes(2 << 20)
+def test_xz_preset_is_applied(big_input: bytes) -> None:
+    data = big_input[: 2 << 20]
     assert len(compress_bytes(data, "xz", 0)) > len(compress_bytes(data, "xz", 6))
 
 
@@ -144,8 +156,8 @@ def test_decompress_any_concatenated_streams_with_padding() -> None:
 
 
 @pytest.mark.parametrize("name", ["zstd", "xz", "gzip"])
-def test_truncated_stream_is_an_error(name: str) -> None:
-    packed = compress_bytes(_module_bytes(1 << 20), name)
+def test_truncated_stream_is_an_error(name: str, big_input: bytes) -> None:
+    packed = compress_bytes(big_input[: 1 << 20], name)
     with pytest.raises(ComposeError, match=f"img: truncated {name} data"):
         decompress_any(packed[: len(packed) // 2], "img")
 
@@ -170,13 +182,12 @@ def test_other_initrd_formats_decode() -> None:
 
 
 @pytest.mark.parametrize("flags", [["-l"], []], ids=["legacy", "frame"])
-def test_lz4_decodes(tmp_path: Path, flags: list[str]) -> None:
-    if not shutil.which("lz4"):
-        pytest.skip("lz4 CLI not installed")
-    data = _module_bytes(1 << 20)
+def test_lz4_decodes(tmp_path: Path, flags: list[str], big_input: bytes) -> None:
+    lz4 = _tool("lz4")
+    data = big_input[: 1 << 20]
     src = tmp_path / "x"
     src.write_bytes(data)
-    run(["lz4", "-q", "-f", *flags, src, tmp_path / "x.lz4"])
+    run([lz4, "-q", "-f", *flags, src, tmp_path / "x.lz4"])
     packed = (tmp_path / "x.lz4").read_bytes()
     assert detect_compression(packed) == "lz4"
     assert decompress_any(packed) == data

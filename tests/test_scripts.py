@@ -335,26 +335,12 @@ def test_parse_udev_timing_ignores_the_echoed_commands() -> None:
 # ---------------------------------------------------------------- real boots and builds
 
 
-def _newest_debian_kernel() -> str:
-    versions = sorted(
-        (p.parent.name for p in Path("/lib/modules").glob("*/modules.dep")),
-        key=lambda v: [int(x) if x.isdigit() else x for x in v.replace("-", ".").split(".")],
-    )
-    usable = [
-        v for v in versions if Path(f"/boot/vmlinuz-{v}").is_file()
-        and Path(f"/boot/initrd.img-{v}").is_file()
-    ]  # fmt: skip
-    if not usable:
-        pytest.skip("no Debian kernel with /boot/vmlinuz-V and /boot/initrd.img-V")
-    return usable[-1]
-
-
 @pytest.mark.qemu
-def test_debian_initramfs_boots_to_its_break_shell() -> None:
-    kver = _newest_debian_kernel()
+def test_debian_initramfs_boots_to_its_break_shell(debian_initrd: tuple[str, Path]) -> None:
+    kver, initrd = debian_initrd
     result = qemu_boot.boot(
         Path(f"/boot/vmlinuz-{kver}"),
-        Path(f"/boot/initrd.img-{kver}"),
+        initrd,
         "console=ttyS0 break=top",
         timeout=90,
         until="Spawning shell within the initramfs",
@@ -365,16 +351,16 @@ def test_debian_initramfs_boots_to_its_break_shell() -> None:
 
 
 @pytest.mark.qemu
-def test_udev_coldplug_is_measured_in_debian_initramfs() -> None:
-    timing = bench_anchors.measure_udev_coldplug(_newest_debian_kernel(), timeout=120)
+def test_udev_coldplug_is_measured_in_debian_initramfs(debian_initrd: tuple[str, Path]) -> None:
+    timing = bench_anchors.measure_udev_coldplug(debian_initrd[0], initrd=debian_initrd[1], timeout=120)
     assert 0 < timing.init_start < timing.top < timing.premount
     assert 0 < timing.coldplug_seconds < 60
 
 
 @pytest.mark.oracle
 @pytest.mark.root
-def test_mkinitramfs_anchor_builds_a_generic_image(tmp_path: Path) -> None:
-    anchor = bench_anchors.build_mkinitramfs(_newest_debian_kernel(), tmp_path)
+def test_mkinitramfs_anchor_builds_a_generic_image(tmp_path: Path, kernel: tuple[str, Path]) -> None:
+    anchor = bench_anchors.build_mkinitramfs(kernel[0], tmp_path)
     assert anchor.module_count > 300
     assert {"e1000", "ahci", "virtio_net", "sd_mod"} <= set(anchor.module_names)
     assert anchor.classes["drivers/net"] > 50
@@ -383,8 +369,8 @@ def test_mkinitramfs_anchor_builds_a_generic_image(tmp_path: Path) -> None:
 
 @pytest.mark.oracle
 @pytest.mark.root
-def test_dracut_anchor_runs_from_the_unpacked_deb(tmp_path: Path) -> None:
-    anchor = bench_anchors.build_dracut(_newest_debian_kernel(), tmp_path)
+def test_dracut_anchor_runs_from_the_unpacked_deb(tmp_path: Path, kernel: tuple[str, Path]) -> None:
+    anchor = bench_anchors.build_dracut(kernel[0], tmp_path)
     assert anchor.module_count > 300
     assert {"e1000", "ahci", "virtio_net", "sd_mod"} <= set(anchor.module_names)
     assert anchor.classes["drivers/net"] > 50
