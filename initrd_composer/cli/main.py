@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from initrd_composer import __version__
 from initrd_composer.errors import ComposeError, UsageError
 from module_db.errors import ModuleDbError
 
@@ -55,9 +56,16 @@ def _build_args(p: argparse.ArgumentParser, output: bool = True) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Compose one rescue initrd with every driver.")
+    parser = _Parser(
+        prog=PROG,
+        description="Compose one rescue initrd with every driver, and the media that boot it.",
+        epilog=f"Without a verb, {PROG} builds: `{PROG} --kernel 6.x --all-nics -o initrd.img`. "
+        f"`{PROG} VERB --help` shows a verb's options.",
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=16, width=100),
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="verb", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="verb", parser_class=_Parser, title="verbs", metavar="VERB")
     _build_args(sub.add_parser("build", help="build an image (the default verb)"))
     p = sub.add_parser("ls", help="list an initrd's files (also on an ISO or OBDR tape), like lsinitramfs")
     p.add_argument("image", type=Path)
@@ -115,7 +123,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = list(argv)
     # No verb means build: `compose-initrd --kernel 6.x --all-nics -o initrd.img`.
     first = next((a for a in args if a != "--debug"), None)
-    if first not in VERBS and first not in ("-h", "--help"):
+    if first not in VERBS and first not in ("-h", "--help", "--version"):
         idx = args.index(first) if first is not None else len(args)
         args.insert(idx, "build")
     return make_parser().parse_args(args)
