@@ -34,6 +34,10 @@ CLASS_RULES: tuple[tuple[str, str], ...] = (
     ("nic", "drivers/net/mdio.ko"),
     ("nic", "drivers/net/net_failover.ko"),
     ("nic", "drivers/net/thunderbolt-net.ko"),  # the NIC of a Thunderbolt dock or cable
+    # Tagged and bonded links, which servers' backup networks often are (vlan=, bond=).
+    ("nic", "drivers/net/bonding/"),
+    ("nic", "drivers/net/team/"),
+    ("nic", "net/8021q/"),
     # Storage: disks, HBAs, RAID/LVM, flash, USB mass storage, paravirtual.
     ("storage", "drivers/ata/"),
     ("storage", "drivers/scsi/"),

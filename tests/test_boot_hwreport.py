@@ -217,7 +217,13 @@ def test_report_shows_what_init_parsed_from_the_kernel_command_line(sysfs: FakeS
         "BOOT_IMAGE=vmlinuz console=ttyS0 nuke probe pxe prefix=rescue"
         " ipconf=eth0:10.0.2.15:255.255.255.0::10.0.2.2 ip=dhcp BOOTIF=01-52-54-00-12-34-56 ping=0"
         " nfsmount=10.0.2.2:/srv/rescue denymods=floppy,snd-pcm obdr=1 tapedev=nst0 frobnicate"
+        " ip=eth0.5:dhcp:9000 nameserver=10.0.2.3 vlan=eth0.5:bond0"
+        " bond=bond0:eth1,eth2:mode=active-backup,miimon=100"
     )
+    kernel_ip: dict[str, Any] = {
+        "device": "", "method": "dhcp", "address": "", "gateway": "", "netmask": "", "hostname": "",
+        "server": "", "mtu": None, "macaddr": "", "dns": [], "ntp": "", "client_id": "", "note": "",
+    }  # fmt: skip
 
     def report(cmdline: BootConfig | None) -> dict[str, Any]:
         root = str(sysfs.root)
@@ -231,8 +237,12 @@ def test_report_shows_what_init_parsed_from_the_kernel_command_line(sysfs: FakeS
             "prefix": "rescue",
             "ipconf": {"device": "eth0", "dhcp": False, "address": "10.0.2.15", "netmask": "255.255.255.0",
                        "broadcast": "", "gateway": "10.0.2.2"},
-            "ip": {"device": "", "method": "dhcp", "address": "", "gateway": "", "netmask": "",
-                   "hostname": ""},
+            # every ip= word in order, each with all its fields
+            "ip": [kernel_ip, {**kernel_ip, "device": "eth0.5", "mtu": 9000}],
+            "nameservers": ["10.0.2.3"],
+            "vlans": [{"name": "eth0.5", "parent": "bond0", "vlan_id": 5}],
+            "bonds": [{"name": "bond0", "slaves": ["eth1", "eth2"], "options": [["mode", "active-backup"],
+                       ["miimon", "100"]], "mtu": None}],
             "bootif": "52:54:00:12:34:56",
             "ping": 0,
             "nfsmount": "10.0.2.2:/srv/rescue",

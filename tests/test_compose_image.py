@@ -112,6 +112,12 @@ def test_all_nics_selection(all_nics_image: BuiltImage) -> None:
     assert {modules[n].module_class for n in TAPE} == {"tape"}
     assert {modules[n].module_class for n in FILESYSTEMS} == {"fs"}
     assert modules["e1000"].reason == "class:nic"
+    # tagged and bonded links (vlan=, bond=), with what they pull in (garp/mrp/stp for 8021q)
+    links = ("8021q", "bonding", "team", "team_mode_activebackup", "team_mode_loadbalance")
+    assert {n: (modules[n].module_class, modules[n].reason) for n in links if n in modules} == {
+        n: ("nic", "class:nic") for n in links
+    }
+    assert {"garp", "mrp", "stp", "llc"} <= set(modules)
 
 
 def test_without_all_nics_only_the_hosts_nic(host_nic_image: BuiltImage) -> None:

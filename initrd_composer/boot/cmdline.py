@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
+
+from initrd_composer.boot.network.words import (
+    Bond,
+    IpConf,
+    KernelIp,
+    Vlan,
+    parse_bond,
+    parse_bootif,
+    parse_ip,
+    parse_ipconf,
+    parse_nameserver,
+    parse_vlan,
+)
+
+# The word dataclasses live with their parsers; callers take them from here too.
+__all__ = [
+    "FLAGS", "KERNEL_WORDS", "MODES", "Bond", "BootConfig", "IpConf", "KernelIp", "Vlan",
+    "parse_cmdline", "split_cmdline",
+]  # fmt: skip
 
 MODES = ("nuke", "interactive", "compare", "expert", "probe")
 FLAGS = ("pxe", "iso_mode", "obdr")
@@ -18,34 +36,13 @@ KERNEL_WORDS = (
 
 
 @dataclass(frozen=True)
-class IpConf:
-    """ipconf=dev:ip:netmask:broadcast:gateway or ipconf=dev:dhcp (MondoRescue)."""
-
-    device: str
-    dhcp: bool
-    address: str = ""
-    netmask: str = ""
-    broadcast: str = ""
-    gateway: str = ""
-
-
-@dataclass(frozen=True)
-class KernelIp:
-    """ip= in the kernel's/dracut's forms: ip=dhcp, ip=dev:dhcp, ip=client:server:gw:mask:host:dev:proto."""
-
-    device: str
-    method: str  # dhcp, static, off, ...
-    address: str = ""
-    gateway: str = ""
-    netmask: str = ""
-    hostname: str = ""
-
-
-@dataclass(frozen=True)
 class BootConfig:
     mode: str | None = None
     ipconf: IpConf | None = None
-    ip: KernelIp | None = None
+    ip: tuple[KernelIp, ...] = ()  # every ip= configuration, in command-line order
+    nameservers: tuple[str, ...] = ()
+    vlans: tuple[Vlan, ...] = ()
+    bonds: tuple[Bond, ...] = ()
     bootif: str | None = None  # MAC, from pxelinux IPAPPEND 2 (01-aa-bb-...)
     ping: int | None = None
     pxe: bool = False
@@ -84,63 +81,17 @@ def split_cmdline(text: str) -> list[str]:
     return words
 
 
-def _ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _parse_ipconf(value: str) -> IpConf:
-    parts = value.split(":")
-    if len(parts) == 2 and parts[1] == "dhcp" and parts[0]:
-        return IpConf(device=parts[0], dhcp=True)
-    if len(parts) == 5 and parts[0] and all(_ipv4(p) for p in parts[1:] if p) and _ipv4(parts[1]):
-        return IpConf(parts[0], False, parts[1], parts[2], parts[3], parts[4])
-    raise ValueError("expected dev:ip:netmask:broadcast:gateway or dev:dhcp")
-
-
-_IP_METHODS = ("dhcp", "on", "any", "dhcp6", "auto6", "off", "none", "static", "both")
-
-
-def _ip_method(word: str) -> str:
-    return "dhcp" if word in ("on", "any") else word
-
-
-def _parse_ip(value: str) -> KernelIp:
-    if value in _IP_METHODS:
-        return KernelIp(device="", method=_ip_method(value))
-    parts = value.split(":")
-    if len(parts) == 2 and parts[1] in _IP_METHODS:
-        return KernelIp(device=parts[0], method=_ip_method(parts[1]))
-    # The kernel's long form; an empty client (ip=:::::eth0:dhcp) asks for autoconfiguration.
-    if len(parts) >= 4 and (not parts[0] or _ipv4(parts[0])):
-        client, _server, gw, mask = parts[:4]
-        host = parts[4] if len(parts) > 4 else ""
-        dev = parts[5] if len(parts) > 5 else ""
-        proto = parts[6] if len(parts) > 6 and parts[6] else ("static" if client else "dhcp")
-        if (gw and not _ipv4(gw)) or (mask and not _ipv4(mask)):
-            raise ValueError("bad gateway or netmask")
-        if proto not in _IP_METHODS:
-            raise ValueError(f"unknown autoconf method {proto!r}")
-        if proto in ("off", "none", "static") and client:
-            proto = "static"  # the kernel's off/none with an address: configure it, no autoconf
-        elif proto == "static":
-            raise ValueError("a static address needs the client address")
-        return KernelIp(dev, _ip_method(proto), client, gw, mask, host)
-    raise ValueError("expected dhcp, dev:dhcp or client:server:gw:netmask:host:dev:proto")
-
-
-_MAC = re.compile(r"^(?:01-)?([0-9a-fA-F]{2}(?:[-:][0-9a-fA-F]{2}){5})$")
-
-
 def parse_cmdline(text: str) -> BootConfig:
     """Parse /proc/cmdline. Unknown words are collected; malformed values are reported in
     `problems` and ignored: a typo on the command line must never stop a restore."""
     values: dict[str, object] = {}
     unknown: list[str] = []
     problems: list[str] = []
+    # repeatable network words, each kept in order
+    ips: list[KernelIp] = []
+    nameservers: list[str] = []
+    vlans: list[Vlan] = []
+    bonds: list[Bond] = []
     for word in split_cmdline(text):
         key, eq, value = word.partition("=")
         try:
@@ -151,17 +102,20 @@ def parse_cmdline(text: str) -> BootConfig:
             elif not eq and key in FLAGS:
                 values[key] = True
             elif key == "ipconf" and eq:
-                values["ipconf"] = _parse_ipconf(value)
+                ipconf = parse_ipconf(value)
+                if values.get("ipconf", ipconf) != ipconf:
+                    problems.append(f"{word}: ipconf= given before; the last one wins")
+                values["ipconf"] = ipconf
             elif key == "ip" and eq:
-                values["ip"] = _parse_ip(value)
+                ips.extend(parse_ip(value))
+            elif key == "nameserver" and eq:
+                nameservers.append(parse_nameserver(value))
+            elif key == "vlan" and eq:
+                vlans.append(parse_vlan(value))
+            elif key == "bond":  # a bare `bond` is dracut's bond0 of eth0,eth1
+                bonds.append(parse_bond(value if eq else None))
             elif key == "BOOTIF" and eq:
-                m = _MAC.match(value)
-                if not m:
-                    raise ValueError("expected 01-aa-bb-cc-dd-ee-ff")
-                mac = m.group(1).replace("-", ":").lower()
-                if int(mac[:2], 16) & 1:  # multicast: a truncated 01-aa-bb-cc-dd-ee, not a NIC
-                    raise ValueError("expected 01-aa-bb-cc-dd-ee-ff")
-                values["bootif"] = mac
+                values["bootif"] = parse_bootif(value)
             elif key == "ping" and eq:
                 if not (value.isascii() and value.isdigit()):
                     raise ValueError("expected a count")
@@ -191,4 +145,12 @@ def parse_cmdline(text: str) -> BootConfig:
                 unknown.append(word)
         except ValueError as exc:
             problems.append(f"{word}: {exc}; ignored")
-    return BootConfig(**values, unknown=tuple(unknown), problems=tuple(problems))  # type: ignore[arg-type]
+    return BootConfig(
+        **values,  # type: ignore[arg-type]
+        ip=tuple(ips),
+        nameservers=tuple(nameservers),
+        vlans=tuple(vlans),
+        bonds=tuple(bonds),
+        unknown=tuple(unknown),
+        problems=tuple(problems),
+    )

@@ -80,3 +80,8 @@ def emit(line: str) -> None:
             os.write(fd, data)
         except OSError:
             pass
+
+
+def stage_line(name: str, ok: bool, detail: str) -> None:
+    """`stage: NAME ok|failed DETAIL`: one line per boot stage, for users and scripts."""
+    emit(f"stage: {name} {'ok' if ok else 'failed'} {detail}".rstrip())

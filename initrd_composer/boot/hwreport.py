@@ -117,18 +117,26 @@ def blockdevs(sys_root: str = "/sys") -> list[dict[str, Any]]:
     return out
 
 
+def _plain(value: Any) -> Any:
+    """A parsed value as JSON data: a dataclass as a dict, a tuple as a list, recursively
+    (ip= configurations, bond options as [key, value] pairs)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def cmdline_section(cfg: BootConfig) -> dict[str, Any]:
     """What /init made of the kernel command line: the mode, every parameter it accepted
-    (only those given; ipconf= and ip= as their fields), the unknown words it ignored and
-    the malformed or conflicting ones, each with the reason."""
+    (only those given; ipconf= as its fields, ip=, vlan=, bond= as lists of theirs), the
+    unknown words it ignored and the malformed or conflicting ones, each with the reason."""
     params: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if f.name in ("mode", "unknown", "problems") or value is None or value is False or value == ():
             continue
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = dataclasses.asdict(value)
-        params[f.name] = list(value) if isinstance(value, tuple) else value
+        params[f.name] = _plain(value)
     return {"mode": cfg.mode, "params": params, "unknown": list(cfg.unknown), "problems": list(cfg.problems)}
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from initrd_composer.boot import early
 from initrd_composer.boot.cmdline import BootConfig, parse_cmdline
-from initrd_composer.boot.console import emit, log, uptime
+from initrd_composer.boot.console import emit, log, stage_line, uptime
 from initrd_composer.boot.emergency import emergency, power, run_shell
+from initrd_composer.boot.hwreport import publish
 from module_db.contract import MANIFEST_PATH, SCAN_SETTLE_MS, SETTLE_MS, ImageManifest
 
 
@@ -37,7 +38,7 @@ def probe(cfg: BootConfig, cmdline: str, t_start: float) -> dict[str, Any]:
     import pyudev  # noqa: PLC0415 - after /sys is mounted
 
     from initrd_composer.boot.coldplug import Prober  # noqa: PLC0415
-    from initrd_composer.boot.hwreport import build_report, publish  # noqa: PLC0415
+    from initrd_composer.boot.hwreport import build_report  # noqa: PLC0415
     from initrd_composer.boot.modload import ModuleLoader  # noqa: PLC0415
     from module_db.alias_match import AliasIndex  # noqa: PLC0415
 
@@ -61,8 +62,24 @@ def probe(cfg: BootConfig, cmdline: str, t_start: float) -> dict[str, Any]:
     report = build_report(context, state, loader.result, timings, cmdline=cfg)
     for mod, why in sorted(loader.result.failed.items()):
         log(f"module {mod}: {why}", 4)
-    emit(publish(report))
     return report
+
+
+def network_stage(cfg: BootConfig, report: dict[str, Any]) -> None:
+    """Bring the network up when the command line asks for it (pxe, nfsmount=, url=, ip=,
+    ipconf=, vlan=, bond=); the result goes into the report. Never fatal."""
+    from initrd_composer.boot.network.plan import network_wanted  # noqa: PLC0415
+    from initrd_composer.boot.network.stage import run_network  # noqa: PLC0415
+
+    if not network_wanted(cfg):
+        return
+    section = run_network(cfg)
+    report["network"] = section
+    for problem in [*section["problems"], *section["errors"]]:
+        log(f"network: {problem}", 4)
+    configured = ", ".join(f"{i['interface']} {i['method']} {i['address']}" for i in section["interfaces"])
+    detail = configured or "; ".join(section["errors"] or section["problems"]) or "nothing configured"
+    stage_line("network", section["ok"], detail)
 
 
 def run_stages(cmdline: str, t_start: float) -> None:
@@ -76,6 +93,8 @@ def run_stages(cmdline: str, t_start: float) -> None:
     report = probe(cfg, cmdline, t_start)
     log(f"probe done: {len(report['netdevs'])} network, {len(report['blockdevs'])} block devices, "
         f"{len(report['missing'])} devices without a driver, {report['timings']['probe_end']:.2f} s uptime")
+    network_stage(cfg, report)
+    emit(publish(report))
     if cfg.mode == "probe":
         power("power off")
         return

@@ -1,0 +1,68 @@
+"""The network stage in a real boot: one --all-nics image, QEMU's user network (its DHCP
+server answers with 10.0.2.15/24, router 10.0.2.2, DNS 10.0.2.3), the report's `network`
+section and the `stage: network` console line read from the guest.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.image_fixtures import BuiltImage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import qemu_boot
+
+pytest_plugins = ("tests.image_fixtures",)
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("network")]
+
+MAC0, MAC1 = "52:54:00:12:34:60", "52:54:00:12:34:61"
+
+
+def _boot(image: BuiltImage, append: str, nics: int = 1) -> tuple[dict[str, Any], list[str]]:
+    args: list[str] = []
+    for i, mac in enumerate((MAC0, MAC1)[:nics]):
+        args += ["-netdev", f"user,id=n{i}", "-device", f"e1000,netdev=n{i},mac={mac}"]
+    vmlinuz = Path(f"/boot/vmlinuz-{image.version}")
+    result = qemu_boot.boot(vmlinuz, image.path, f"console=ttyS0 probe {append}", args, timeout=120)
+    assert result.reason == "matched", "\n".join(result.lines[-40:])
+    assert result.matched_line is not None
+    report: dict[str, Any] = json.loads(result.matched_line.split(":", 1)[1])
+    return report, list(result.lines)
+
+
+def _stage_line(lines: list[str]) -> str:
+    return next(line for line in lines if line.startswith("stage: network "))
+
+
+def test_ip_dhcp_takes_the_lease(all_nics_image: BuiltImage) -> None:
+    report, lines = _boot(all_nics_image, "ip=dhcp nameserver=10.0.2.3")
+    net = report["network"]
+    assert net["ok"] and net["errors"] == [] and net["problems"] == [], net
+    (iface,) = net["interfaces"]
+    assert (iface["mac"], iface["driver"], iface["method"]) == (MAC0, "e1000", "dhcp")
+    assert (iface["address"], iface["gateway"], iface["dns"]) == ("10.0.2.15/24", "10.0.2.2", ["10.0.2.3"])
+    assert _stage_line(lines) == f"stage: network ok {iface['interface']} dhcp 10.0.2.15/24"
+
+
+def test_static_ipconf_and_bootif_picks_the_second_nic(all_nics_image: BuiltImage) -> None:
+    # BOOTIF names the second NIC; ip=dhcp without a device goes there, not to the first
+    report, _ = _boot(all_nics_image, "ip=dhcp BOOTIF=01-" + MAC1.replace(":", "-"), nics=2)
+    net = report["network"]
+    assert net["ok"], net
+    assert [(i["mac"], i["method"]) for i in net["interfaces"]] == [(MAC1, "dhcp")]
+
+
+def test_missing_device_and_bad_value_fall_back_to_dhcp(all_nics_image: BuiltImage) -> None:
+    report, lines = _boot(all_nics_image, "ip=10.0.2.99:::255.255.255.0::eth7:off ip=garbage:::")
+    net = report["network"]
+    assert net["ok"], net
+    configured = [(i["mac"], i["method"], i["address"]) for i in net["interfaces"]]
+    assert configured == [(MAC0, "dhcp", "10.0.2.15/24")]
+    assert any("eth7" in p for p in net["problems"]), net
+    assert any("garbage" in p for p in report["cmdline"]["problems"]), report["cmdline"]
+    assert _stage_line(lines).startswith("stage: network ok ")
