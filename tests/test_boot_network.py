@@ -66,3 +66,48 @@ def test_missing_device_and_bad_value_fall_back_to_dhcp(all_nics_image: BuiltIma
     assert any("eth7" in p for p in net["problems"]), net
     assert any("garbage" in p for p in report["cmdline"]["problems"]), report["cmdline"]
     assert _stage_line(lines).startswith("stage: network ok ")
+
+
+def test_ipconf_dhcp_names_the_interface(all_nics_image: BuiltImage) -> None:
+    report, _ = _boot(all_nics_image, "ipconf=eth0:dhcp")
+    net = report["network"]
+    assert [(i["interface"], i["method"], i["address"]) for i in net["interfaces"]] == [
+        ("eth0", "dhcp", "10.0.2.15/24")
+    ], net
+
+
+def test_static_ipconf_and_ping_of_the_gateway(all_nics_image: BuiltImage) -> None:
+    report, lines = _boot(all_nics_image, "ipconf=eth0:10.0.2.20:255.255.255.0:10.0.2.255:10.0.2.2 ping=3")
+    net = report["network"]
+    (iface,) = net["interfaces"]
+    assert (iface["method"], iface["address"], iface["gateway"]) == ("static", "10.0.2.20/24", "10.0.2.2")
+    assert net["ping"]["target"] == "10.0.2.2" and net["ping"]["ok"], net  # slirp answers its gateway
+    assert _stage_line(lines) == "stage: network ok eth0 static 10.0.2.20/24"
+
+
+def test_kernel_ip_ten_fields_static_with_dns(all_nics_image: BuiltImage) -> None:
+    ip = "ip=10.0.2.21:10.0.2.2:10.0.2.2:255.255.255.0:rescue:eth0:off:10.0.2.3::"
+    report, _ = _boot(all_nics_image, ip)
+    (iface,) = report["network"]["interfaces"]
+    assert (iface["interface"], iface["method"], iface["address"], iface["gateway"], iface["dns"]) == (
+        "eth0", "static", "10.0.2.21/24", "10.0.2.2", ["10.0.2.3"]
+    )
+
+
+def test_vlan_on_a_bond_of_two_nics_with_a_static_address(all_nics_image: BuiltImage) -> None:
+    words = ("bond=bond0:eth0,eth1:mode=active-backup,miimon=100 vlan=bond0.5:bond0"
+             " ip=10.0.5.2:::255.255.255.0::bond0.5:off")
+    report, lines = _boot(all_nics_image, words, nics=2)
+    net = report["network"]
+    assert net["ok"] and net["errors"] == [] and net["problems"] == [], net
+    # read back from the kernel: the bond's mode and members, the VLAN's tag
+    assert net["links"] == [
+        {"name": "bond0", "kind": "bond", "mode": "active-backup", "slaves": ["eth0", "eth1"]},
+        {"name": "bond0.5", "kind": "vlan", "parent": "bond0", "vlan_id": 5},
+    ]
+    (iface,) = net["interfaces"]
+    assert (iface["interface"], iface["method"], iface["address"]) == ("bond0.5", "static", "10.0.5.2/24")
+    assert iface["mac"] in (MAC0, MAC1)  # a bond takes its first member's address
+    # the kernel loaded 8021q and bonding through the image's modprobe (request_module)
+    assert any("8021q: 802.1Q VLAN Support" in line for line in lines)
+    assert _stage_line(lines) == "stage: network ok bond0.5 static 10.0.5.2/24"

@@ -35,6 +35,7 @@ from initrd_composer.boot.network.plan import (
 @dataclass(frozen=True)
 class StageOptions:
     sys_root: str = "/sys"
+    proc_root: str = "/proc"
     busybox: str = BUSYBOX
     script: str = UDHCPC_SCRIPT
     lease_dir: str = LEASE_DIR
@@ -49,6 +50,7 @@ class StageOptions:
 @dataclass
 class _Outcome:
     configured: list[dict[str, Any]] = field(default_factory=list)
+    links: list[dict[str, Any]] = field(default_factory=list)  # bonds and VLANs made
     errors: list[str] = field(default_factory=list)
 
 
@@ -73,15 +75,17 @@ def wait_for_carrier(opts: StageOptions) -> tuple[Interface, ...]:
         opts.sleep(0.1)
 
 
-def _mac_of(name: str, interfaces: Sequence[Interface]) -> str:
-    return next((i.mac for i in interfaces if i.name == name), "")
+def _mac_of(name: str, interfaces: Sequence[Interface], sys_root: str) -> str:
+    """From the inventory, or for a bond or VLAN made since, from sysfs."""
+    known = next((i.mac for i in interfaces if i.name == name), "")
+    return known or next(iter(_sysfs_words(os.path.join(sys_root, "class/net", name, "address"))), "")
 
 
 def _record(out: _Outcome, a: Addressing, *, method: str, interfaces: Sequence[Interface], seconds: float,
             sys_root: str) -> None:
     name = a.interface
     out.configured.append({
-        "interface": name, "mac": _mac_of(name, interfaces), "driver": _driver(name, sys_root),
+        "interface": name, "mac": _mac_of(name, interfaces, sys_root), "driver": _driver(name, sys_root),
         "method": method, "address": a.cidr, "gateway": a.gateway, "dns": list(a.dns),
         "seconds": round(seconds, 2),
     })
@@ -90,6 +94,35 @@ def _record(out: _Outcome, a: Addressing, *, method: str, interfaces: Sequence[I
 def _driver(name: str, sys_root: str) -> str:
     link = os.path.join(sys_root, "class/net", name, "device/driver")
     return os.path.basename(os.readlink(link)) if os.path.islink(link) else ""
+
+
+def _is_bond(name: str, sys_root: str) -> bool:
+    return os.path.isdir(os.path.join(sys_root, "class/net", name, "bonding"))
+
+
+def _sysfs_words(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def _bond_report(name: str, sys_root: str) -> dict[str, Any]:
+    """What the kernel says the bond is now (mode "active-backup 1", the enslaved links)."""
+    bonding = os.path.join(sys_root, "class/net", name, "bonding")
+    mode = _sysfs_words(os.path.join(bonding, "mode"))
+    return {"name": name, "kind": "bond", "mode": mode[0] if mode else "",
+            "slaves": _sysfs_words(os.path.join(bonding, "slaves"))}
+
+
+def _vlan_report(step: CreateVlan, proc_root: str) -> dict[str, Any]:
+    """The tag as the kernel has it (/proc/net/vlan/NAME: "NAME  VID: 5  REORDER_HDR: 1 ..."),
+    None when that file cannot be read."""
+    words = _sysfs_words(os.path.join(proc_root, "net/vlan", step.name))
+    vid = words[words.index("VID:") + 1] if "VID:" in words[:-1] else ""
+    return {"name": step.name, "kind": "vlan", "parent": step.parent,
+            "vlan_id": int(vid) if vid.isdigit() else None}
 
 
 def _bond_argvs(step: CreateBond, busybox: str) -> list[list[str]]:
@@ -138,13 +171,21 @@ def _carry_out(plan: NetworkPlan, interfaces: Sequence[Interface], opts: StageOp
         started = opts.clock()
         if isinstance(step, CreateBond):
             add, *enslave = _bond_argvs(step, opts.busybox)
-            err = (_run_all([add], opts) or _write_sysfs(_bond_options(step, opts.sys_root))
-                   or _run_all(enslave, opts))
+            # Loading bonding makes bond0 by itself (max_bonds=1): `ip link add` then says
+            # "File exists", and the bond the module made is the one to configure.
+            err = "" if _is_bond(step.name, opts.sys_root) else _run_all([add], opts)
+            if err and _is_bond(step.name, opts.sys_root):
+                err = ""
+            err = err or _write_sysfs(_bond_options(step, opts.sys_root)) or _run_all(enslave, opts)
             if err:
                 out.errors.append(f"bond {step.name}: {err}")
+            else:
+                out.links.append(_bond_report(step.name, opts.sys_root))
         elif isinstance(step, CreateVlan):
             if err := _run_all([_vlan_argv(step, opts.busybox)], opts):
                 out.errors.append(f"vlan {step.name}: {err}")
+            else:
+                out.links.append(_vlan_report(step, opts.proc_root))
         elif isinstance(step, LinkUp):
             link = [opts.busybox, "ip", "link", "set", "dev", step.name]
             argvs = [[*link, "address", step.macaddr]] if step.macaddr else []
@@ -214,6 +255,7 @@ def run_network(cfg: BootConfig, opts: StageOptions | None = None) -> dict[str, 
     return {
         "ok": bool(out.configured),
         "interfaces": out.configured,
+        "links": out.links,
         "problems": list(plan.problems),
         "notes": list(plan.notes),
         "errors": out.errors,
