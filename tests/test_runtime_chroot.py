@@ -153,6 +153,22 @@ def test_python_runtime_works_in_chroot(runtime_dir: Path) -> None:
 
 
 @pytest.mark.root
+def test_every_boot_module_imports_in_chroot(runtime_dir: Path) -> None:
+    """Importing a module runs its stdlib imports at module level and in class bodies
+    (email.message imports email.iterators in one): each boot module must import in the
+    image's runtime, not only on the host."""
+    code = (
+        "import sys, os, importlib; top = '/usr/lib/initrd-composer/python'; sys.path.insert(0, top); "
+        "names = [os.path.relpath(os.path.join(d, f), top)[:-3].replace('/', '.').removesuffix('.__init__') "
+        "for d, _, fs in os.walk(top + '/initrd_composer/boot') for f in fs if f.endswith('.py')]; "
+        "[importlib.import_module(n) for n in sorted(names)]; print('imported', len(names))"
+    )
+    rc, out = _chroot(runtime_dir, "/usr/bin/python3.11", "-IS", "-c", code)
+    assert rc == 0, out
+    assert int(out.split("imported")[1].split()[0]) >= 30, out
+
+
+@pytest.mark.root
 def test_python_uses_our_pycs_in_chroot(runtime_dir: Path) -> None:
     code = "import sys; sys.path.insert(0, '/usr/lib/initrd-composer/python'); import pyudev, subprocess"
     rc, out = _chroot(runtime_dir, "/usr/bin/python3", "-IS", "-v", "-c", code)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from initrd_composer.atomic_output import atomic_output
+from initrd_composer.build.ca_bundle import ca_bundle_entries
 from initrd_composer.build.elf_closure import RootFS
 from initrd_composer.build.firmware_plan import firmware_search_dirs, plan_firmware
 from initrd_composer.build.host_nics import host_nic_modules
@@ -124,7 +125,9 @@ def plan_image(opts: BuildOptions) -> ImagePlan:
         boot=boot,
     )
     python_path = RootFS(opts.root).resolve(str(opts.python)).path
+    ca_entries, ca_warnings = ca_bundle_entries(opts.root)
     entries = canonical_paths([
+        *ca_entries,
         *skeleton_entries(),
         *_device_nodes(),
         *tools.entries,
@@ -135,7 +138,7 @@ def plan_image(opts: BuildOptions) -> ImagePlan:
         data_entry(MANIFEST_PATH, manifest.to_json().encode()),
         data_entry("init", init_script("/" + python_path), mode=0o755, origin="boot side"),
     ])
-    warnings = list(tools.warnings)
+    warnings = [*tools.warnings, *ca_warnings]
     if firmware.missing:
         warnings.append(
             f"{len(firmware.missing)} firmware files named by packed modules are not installed "

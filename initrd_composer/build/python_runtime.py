@@ -6,10 +6,10 @@ its extension modules and its magic number are what count. Results are cached on
 (${XDG_CACHE_HOME:-~/.cache}/initrd-composer) so a second build costs no subprocess.
 
 Which stdlib modules: modulefinder from every boot-package module, following all imports in
-the boot packages but only module-level imports inside the stdlib (function-level imports
-there are lazy paths: argparse for a `main()`, importlib.metadata, tarfile for
-shutil.make_archive, ...; following them triples the runtime). Modules imported lazily or by
-computed name that the boot side relies on are listed in EXTRA_STDLIB.
+the boot packages but only import-time ones inside the stdlib (module level and class
+bodies; function-level imports there are lazy paths: argparse for a `main()`,
+importlib.metadata, tarfile for shutil.make_archive, ...; following them triples the
+runtime). Modules imported lazily or by computed name that the boot side relies on are listed in EXTRA_STDLIB.
 """
 
 from __future__ import annotations
@@ -81,9 +81,11 @@ stdlib = os.path.dirname(os.__file__) + "/"
 class Finder(modulefinder.ModuleFinder):
     def scan_code(self, co, m):
         if (m.__file__ or "").startswith(stdlib):
-            # module-level imports only: hide nested code objects (functions, classes)
+            # import-time imports only: hide functions (CO_OPTIMIZED) but keep class bodies,
+            # which run on import (email.message imports email.iterators in one)
             co = co.replace(co_consts=tuple(
-                None if isinstance(c, types.CodeType) else c for c in co.co_consts))
+                None if isinstance(c, types.CodeType) and c.co_flags & 1 else c
+                for c in co.co_consts))
         super().scan_code(co, m)
 
 finder = Finder(path=req["path"] + sys.path, excludes=req["excludes"])
