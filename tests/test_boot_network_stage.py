@@ -17,20 +17,11 @@ from initrd_composer.boot.network.stage import (
     run_network,
     wait_for_carrier,
 )
+from tests.fake_clock import FakeClock
 from tests.test_boot_network_plan import _netdev
 
 BB = "/bin/busybox"
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Runner:
@@ -45,7 +36,7 @@ class Runner:
         return CommandResult(tuple(argv), 1 if bad else 0, message)
 
 
-def _opts(tmp_path: Path, runner: Runner, clock: Clock) -> StageOptions:
+def _opts(tmp_path: Path, runner: Runner, clock: FakeClock) -> StageOptions:
     return StageOptions(sys_root=str(tmp_path), busybox=BB, run=runner, clock=clock, sleep=clock.sleep,
                         resolv_path=str(tmp_path / "resolv.conf"), carrier_wait_s=5.0)
 
@@ -72,7 +63,7 @@ def test_bond_commands_and_options_mode_first(tmp_path: Path) -> None:
 
 def test_carrier_wait_is_bounded_and_ends_early_once_all_have_one(tmp_path: Path) -> None:
     _netdev(tmp_path, "eth0", "52:54:00:00:00:01", carrier="0")
-    clock, runner = Clock(), Runner()
+    clock, runner = FakeClock(), Runner()
     found = wait_for_carrier(_opts(tmp_path, runner, clock))
     assert [i.carrier for i in found] == [False]
     assert 5.0 <= clock.now < 5.2  # the bound, not forever
@@ -85,7 +76,7 @@ def test_carrier_wait_is_bounded_and_ends_early_once_all_have_one(tmp_path: Path
 
 def test_static_address_is_configured_and_reported(tmp_path: Path) -> None:
     _netdev(tmp_path, "eth0", "52:54:00:00:00:01")
-    clock, runner = Clock(), Runner()
+    clock, runner = FakeClock(), Runner()
     cfg = parse_cmdline("ipconf=eth0:192.0.2.15:255.255.255.0:192.0.2.255:192.0.2.1 nameserver=192.0.2.53")
     section = run_network(cfg, _opts(tmp_path, runner, clock))
     assert section["ok"] and section["errors"] == []
@@ -101,7 +92,7 @@ def test_static_address_is_configured_and_reported(tmp_path: Path) -> None:
 def test_a_failed_step_is_reported_and_the_next_is_tried(tmp_path: Path) -> None:
     _netdev(tmp_path, "eth0", "52:54:00:00:00:01")
     _netdev(tmp_path, "eth1", "52:54:00:00:00:02")
-    clock, runner = Clock(), Runner(fail="dev eth0")
+    clock, runner = FakeClock(), Runner(fail="dev eth0")
     cfg = parse_cmdline(
         "ip=192.0.2.15::192.0.2.1:255.255.255.0::eth0:off ip=192.0.2.16:::255.255.255.0::eth1:none"
     )

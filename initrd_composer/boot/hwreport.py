@@ -11,16 +11,9 @@ from initrd_composer.boot.cmdline import BootConfig
 from initrd_composer.boot.coldplug import ProbeState
 from initrd_composer.boot.console import log
 from initrd_composer.boot.modload import LoadResult
+from initrd_composer.boot.sysfs import read_attr
 
 HWREPORT_PATH = "/run/initrd-composer/hwreport.json"
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _driver_of(sys_device: str) -> str:
@@ -72,7 +65,7 @@ def netdevs(sys_root: str = "/sys") -> list[dict[str, Any]]:
         out.append(
             {
                 "name": name,
-                "mac": _read(f"{base}/{name}/address"),
+                "mac": read_attr(f"{base}/{name}/address"),
                 "driver": chain[0] if chain else "",
                 "drivers": chain,
             }
@@ -88,9 +81,9 @@ def blockdevs(sys_root: str = "/sys") -> list[dict[str, Any]]:
         if os.path.exists(f"{entry}/partition") or name.startswith(("loop", "ram", "zram")):
             continue
         dev = f"{entry}/device"
-        scsi_type = _read(f"{dev}/type")
+        scsi_type = read_attr(f"{dev}/type")
         kind = "cdrom" if scsi_type == "5" or name.startswith("sr") else "disk"
-        size = int(_read(f"{entry}/size") or 0) * 512
+        size = int(read_attr(f"{entry}/size") or 0) * 512
         chain = driver_chain(dev, sys_root) if os.path.exists(dev) else []
         out.append(
             {
