@@ -47,6 +47,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory, build_cache: Path, kernel: tu
     argv = ["pxe", "-o", str(base / "tftp"), "--kernel", kernel[0], "--sys-root", str(sysfs),
             "--add-modules", "virtio_net", "--default-mode", "probe", "--timeout", "1",
             "--nfs", NFS, "--prefix", "rescue", "--ipconf", "eth0:dhcp",
+            "--append", "media_timeout=2",  # no NFS server here: the media stage gives up fast
             "--mac", f"{MAC}={STATIC}"]  # fmt: skip
     assert compose(argv, build_cache) == 0
     return base / "tftp"

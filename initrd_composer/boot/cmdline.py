@@ -21,7 +21,7 @@ from initrd_composer.boot.network.words import (
 # The word dataclasses live with their parsers; callers take them from here too.
 __all__ = [
     "FLAGS", "KERNEL_WORDS", "MODES", "Bond", "BootConfig", "IpConf", "KernelIp", "Vlan",
-    "parse_cmdline", "split_cmdline",
+    "parse_cmdline", "split_cmdline", "split_nfs_spec",
 ]  # fmt: skip
 
 MODES = ("nuke", "interactive", "compare", "expert", "probe")
@@ -53,6 +53,7 @@ class BootConfig:
     nfsmount: str | None = None
     url: str | None = None
     tapedev: str | None = None
+    media_timeout: int | None = None  # seconds a source may wait for a device or server
     denymods: tuple[str, ...] = ()
     forcemods: tuple[str, ...] = ()
     unknown: tuple[str, ...] = ()
@@ -79,6 +80,19 @@ def split_cmdline(text: str) -> list[str]:
     if started:
         words.append("".join(current))
     return words
+
+
+def split_nfs_spec(spec: str) -> tuple[str, str]:
+    """`server:/path` (server a name, IPv4 or `[IPv6]`) as (server, path); ValueError if not."""
+    if spec.startswith("["):
+        host, bracket, rest = spec[1:].partition("]")
+        if not (host and bracket and rest.startswith(":/") and ":" in host):
+            raise ValueError("expected [IPv6]:/path")
+        return host, rest[1:]
+    server, colon, path = spec.partition(":")
+    if not (server and colon and path.startswith("/")) or any(c in server for c in "/[] "):
+        raise ValueError("expected server:/path")
+    return server, path
 
 
 def parse_cmdline(text: str) -> BootConfig:
@@ -121,12 +135,10 @@ def parse_cmdline(text: str) -> BootConfig:
                     raise ValueError("expected a count")
                 values["ping"] = int(value)
             elif key in ("netfsmount", "nfsmount") and eq:
-                server, colon, path = value.partition(":")
-                if not (server and colon and path.startswith("/")):
-                    raise ValueError("expected server:/path")
+                split_nfs_spec(value)  # raises ValueError when malformed
                 values[key] = value
             elif key == "url" and eq:
-                if not re.match(r"^(https?|ftp)://[^/\s]+", value):
+                if not re.match(r"^https?://[^/\s]+", value):
                     raise ValueError("expected http://host/path")
                 values["url"] = value
             elif key == "tapedev" and eq:
@@ -137,6 +149,10 @@ def parse_cmdline(text: str) -> BootConfig:
                 if not value or "/" in value:
                     raise ValueError("expected a name without '/'")
                 values["prefix"] = value
+            elif key == "media_timeout" and eq:
+                if not (value.isascii() and value.isdigit() and 0 < int(value) <= 3600):
+                    raise ValueError("expected seconds, 1 to 3600")
+                values["media_timeout"] = int(value)
             elif key in ("denymods", "forcemods") and eq:
                 values[key] = tuple(m.strip().replace("-", "_") for m in value.split(",") if m.strip())
             elif key in KERNEL_WORDS or "." in key:

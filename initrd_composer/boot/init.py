@@ -65,6 +65,18 @@ def probe(cfg: BootConfig, cmdline: str, t_start: float) -> dict[str, Any]:
     return report
 
 
+def storage_stage(cfg: BootConfig, report: dict[str, Any]) -> None:
+    """Assemble md arrays and activate LVM volume groups on every boot; the result goes
+    into the report. Never fatal."""
+    from initrd_composer.boot.storage.assemble import run_storage, storage_detail  # noqa: PLC0415
+
+    section = run_storage()
+    report["storage"] = section
+    for error in section["errors"]:
+        log(f"storage: {error}", 4)
+    stage_line("storage", section["ok"], storage_detail(section))
+
+
 def network_stage(cfg: BootConfig, report: dict[str, Any]) -> None:
     """Bring the network up when the command line asks for it (pxe, nfsmount=, url=, ip=,
     ipconf=, vlan=, bond=); the result goes into the report. Never fatal."""
@@ -82,6 +94,25 @@ def network_stage(cfg: BootConfig, report: dict[str, Any]) -> None:
     stage_line("network", section["ok"], detail)
 
 
+def media_stage(cfg: BootConfig, report: dict[str, Any]) -> Any:
+    """Find the restore data the command line asks for (a restore mode always looks); the
+    result goes into the report. Returns what was found, or None. Never fatal."""
+    from initrd_composer.boot.media.plan import media_wanted, plan_media, timeout_of  # noqa: PLC0415
+    from initrd_composer.boot.media.stage import run_media, stage_detail, wait_answer  # noqa: PLC0415
+    from initrd_composer.boot.sources import MediaContext  # noqa: PLC0415
+
+    if not media_wanted(cfg):
+        return None
+    plan = plan_media(cfg)
+    for problem in plan.problems:
+        log(f"media: {problem}", 4)
+    ctx = MediaContext(cfg=cfg, timeout_s=timeout_of(cfg), log=log, network=report.get("network"))
+    section, found = run_media(plan, ctx, mode=cfg.mode or "expert", ask=wait_answer, shell=run_shell)
+    report["media"] = section
+    stage_line("media", section["ok"], stage_detail(section))
+    return found
+
+
 def run_stages(cmdline: str, t_start: float) -> None:
     cfg = parse_cmdline(cmdline)
     for word in cfg.unknown:
@@ -93,7 +124,9 @@ def run_stages(cmdline: str, t_start: float) -> None:
     report = probe(cfg, cmdline, t_start)
     log(f"probe done: {len(report['netdevs'])} network, {len(report['blockdevs'])} block devices, "
         f"{len(report['missing'])} devices without a driver, {report['timings']['probe_end']:.2f} s uptime")
+    storage_stage(cfg, report)
     network_stage(cfg, report)
+    media_stage(cfg, report)
     emit(publish(report))
     if cfg.mode == "probe":
         power("power off")

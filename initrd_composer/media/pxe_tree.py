@@ -137,7 +137,7 @@ def parse_nfs(text: str) -> str:
 
 
 def parse_url(text: str) -> str:
-    hint = "give http://HOST/PATH (or https://, ftp://)"
+    hint = "give http://HOST/PATH or https://HOST/PATH"
     return _cmdline_word("url", text, "--url", hint).removeprefix("url=")
 
 

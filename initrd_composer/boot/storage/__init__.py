@@ -1,0 +1,1 @@
+"""RAID and LVM on the machine's disks: assembled and activated after probing, reported."""
