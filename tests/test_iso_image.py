@@ -4,12 +4,15 @@ The boots themselves are in test_boot_iso.py."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 from pathlib import Path
 
 import pytest
 
+from initrd_composer.boot.sources.fs_label import identify
+from initrd_composer.boot.sources.marker import MARKER_PATH, check_marker
 from initrd_composer.cli import main as cli
 from initrd_composer.image.reader import open_image
 from initrd_composer.media.iso_image import EFI_FILES, SECTOR
@@ -96,6 +99,60 @@ def test_menus_offer_every_mode_over_serial(iso: Path) -> None:
     for c32 in ("ldlinux.c32", "menu.c32", "libutil.c32", "libcom32.c32"):
         assert iso_member(iso, f"isolinux/{c32}", str(iso))
     assert iso_member(iso, ".disk/info", str(iso))  # how the GRUB CD image finds the disc
+
+
+def _pvd_volume_id(iso: Path) -> str:
+    """The label as xorriso reads it from the primary volume descriptor."""
+    report = run(["xorriso", "-indev", str(iso), "-pvd_info"]).stdout.decode()
+    (line,) = [ln for ln in report.splitlines() if ln.startswith("Volume Id")]
+    return line.split(":", 1)[1].strip()
+
+
+def _marker(iso: Path, dest: Path, *also: str) -> tuple[bytes, Path]:
+    """medium.json as xorriso extracts it (with the directories `also`), and where."""
+    argv = ["xorriso", "-osirrox", "on", "-indev", str(iso)]
+    for name in (".initrd-composer", *also):
+        argv += ["-extract", f"/{name}", str(dest / name)]
+    run(argv)
+    return (dest / MARKER_PATH).read_bytes(), dest
+
+
+def test_marker_names_the_disc_and_the_initrd_on_it(
+    iso: Path, all_nics_image: BuiltImage, tmp_path: Path
+) -> None:
+    raw, root = _marker(iso, tmp_path / "tree")
+    doc = json.loads(raw)
+    assert doc == {
+        "format": "initrd-composer-medium", "version": 1, "volume_id": "RESCUE",
+        "kernel": all_nics_image.version, "initrd_sha256": _sha(all_nics_image.path.read_bytes()),
+        "data": None,
+    }  # fmt: skip
+    assert raw == (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode()  # sorted keys
+    assert _pvd_volume_id(iso) == "RESCUE"
+    assert os.stat(root / MARKER_PATH).st_mtime == EPOCH  # the source epoch, like every file
+    # what /init reads: the label from the disc's own header, and the marker accepted for it
+    with iso.open("rb") as f:
+        fs = identify(lambda offset, size: os.pread(f.fileno(), size, offset))
+    assert fs is not None and (fs.fstype, fs.label) == ("iso9660", "RESCUE")
+    assert check_marker(str(root), fs.fstype, fs.label) == (doc, "")
+    assert check_marker(str(root), fs.fstype, "OTHER")[0] is None  # the same file on another disc
+
+
+def test_marker_follows_volume_id_and_data(
+    all_nics_image: BuiltImage, build_cache: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "backup.tar").write_bytes(b"x" * 4096)
+    out = tmp_path / "v.iso"
+    argv = ["--initrd", str(all_nics_image.path), "--volume-id", "Backup-7", "--data", str(data),
+            "-o", str(out)]  # fmt: skip
+    assert _iso(argv, build_cache) == 0
+    raw, root = _marker(out, tmp_path / "tree", "data")
+    doc = json.loads(raw)
+    assert (doc["volume_id"], doc["data"]) == ("Backup-7", "data")
+    assert _pvd_volume_id(out) == "Backup-7"
+    assert check_marker(str(root), "iso9660", "Backup-7") == (doc, "")
 
 
 def test_building_twice_gives_the_same_bytes(

@@ -4,10 +4,12 @@ for byte, and each verb prints the sha256 of what it placed."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
+from initrd_composer.boot.sources.marker import MARKER_PATH
 from initrd_composer.boot.tape import TapeImageDir
 from initrd_composer.cli import main as cli
 from initrd_composer.media.medium_reader import ISO_INITRD, iso_member
@@ -47,6 +49,9 @@ def test_same_initrd_in_iso_pxe_and_obdr(
     assert printed == dict.fromkeys(printed, expected)
     # the tape's ISO is the ISO verb's, byte for byte (same options, same inputs)
     assert tape_iso == (tmp_path / "rescue.iso").read_bytes()
+    # and its marker names that initrd; the data is tape file 2, not on the disc
+    marker = json.loads(iso_member(tape_iso, MARKER_PATH, "tape file 1"))
+    assert (marker["initrd_sha256"], marker["volume_id"], marker["data"]) == (expected, "RESCUE", None)
 
 
 def test_building_verbs_agree_with_a_plain_build(

@@ -8,11 +8,13 @@ import os
 _libc = ctypes.CDLL(None, use_errno=True)
 
 SYS_FINIT_MODULE = 313  # x86_64
+MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 RB_POWER_OFF = 0x4321FEDC
 RB_AUTOBOOT = 0x01234567
+MNT_DETACH = 0x2  # umount2: detach now, free when the last user is gone
 
 
 def _check(ret: int, what: str) -> None:
@@ -25,6 +27,10 @@ def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "")
     ret = _libc.mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags),
                       data.encode() if data else None)
     _check(ret, f"mount {fstype} on {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
 
 
 def finit_module(fd: int, params: str = "") -> None:

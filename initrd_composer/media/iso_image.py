@@ -10,6 +10,7 @@ Layout of the disc:
                               grubx64.efi (signed GRUB, CD flavour), mmx64.efi
     /isolinux/isolinux.bin, ldlinux.c32, menu.c32 (+ its libraries), isolinux.cfg, boot.cat
     /data/...                 restore data (--data), when the disc carries it
+    /.initrd-composer/medium.json   the marker /init finds the disc (or a stick) by
 
 xorriso writes ISO 9660 + Rock Ridge + Joliet with an isohybrid MBR (isolinux's
 isohdpfx.bin) and a GPT entry for the EFI image, so the same file boots from a CD drive
@@ -25,6 +26,7 @@ FAT image is made with fixed ids, and the same inputs give the same bytes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from initrd_composer.atomic_output import atomic_path
+from initrd_composer.boot.sources.marker import DATA_DIR, MARKER_FORMAT, MARKER_PATH, MARKER_VERSION
 from initrd_composer.errors import UsageError
 from initrd_composer.media.boot_menus import SYSLINUX_MENU_FILES, MenuSpec, grub_cfg, syslinux_cfg
 from initrd_composer.media.capacity import check_capacity, check_free_space
@@ -101,8 +104,21 @@ def _fat_image(dest: Path, files: dict[str, Path], epoch: int) -> None:
         run(["mcopy", "-m", "-i", dest, src, f"::/EFI/BOOT/{name}"], env=env)
 
 
-def _stage(staging: Path, payload: BootPayload, spec: MenuSpec, loaders: dict[str, Path], epoch: int) -> None:
+def medium_marker(payload: BootPayload, opts: IsoOptions) -> str:
+    """The marker /init finds its medium by (boot/sources/removable.py checks it): the label
+    must be the disc's own, so a copy of the file on another disc is not taken for ours."""
+    doc = {"format": MARKER_FORMAT, "version": MARKER_VERSION, "volume_id": opts.volume_id,
+           "kernel": payload.kernel_version, "initrd_sha256": payload.initrd_sha256,
+           "data": DATA_DIR if opts.data is not None else None}  # fmt: skip
+    return json.dumps(doc, sort_keys=True, indent=2) + "\n"
+
+
+def _stage(staging: Path, payload: BootPayload, spec: MenuSpec, loaders: dict[str, Path], epoch: int, *,
+           opts: IsoOptions) -> None:  # fmt: skip
     """The small files of the disc; kernel, initrd and data are grafted from where they are."""
+    marker = staging / MARKER_PATH
+    marker.parent.mkdir()
+    marker.write_text(medium_marker(payload, opts))
     (staging / ".disk").mkdir()
     (staging / ".disk/info").write_text(f"initrd-composer rescue, kernel {payload.kernel_version}\n")
     (staging / "isolinux").mkdir()
@@ -130,7 +146,7 @@ def xorriso_argv(
 ) -> list[str]:
     grafts = [f"/boot/vmlinuz={payload.vmlinuz}", f"/boot/initrd.img={payload.initrd}"]
     if opts.data is not None:
-        grafts.append(f"/data={opts.data}")
+        grafts.append(f"/{DATA_DIR}={opts.data}")
     return [
         "xorriso", "-as", "mkisofs",
         "-o", str(output),
@@ -165,7 +181,7 @@ def write_iso(
     epoch = source_date_epoch(payload.vmlinuz)  # else the kernel's mtime: stable for one package
     with _staging() as staging, atomic_path(output) as tmp:
         check_free_space(tmp.parent, estimate)
-        _stage(staging, payload, spec, found, epoch)
+        _stage(staging, payload, spec, found, epoch, opts=opts)
         env = {"SOURCE_DATE_EPOCH": str(epoch)}
         run(xorriso_argv(tmp, staging, payload, opts, mbr=found["isohdpfx.bin"], epoch=epoch), env=env)
         size = tmp.stat().st_size
