@@ -128,15 +128,19 @@ def list_image(image: Path) -> list[str]:
 # ---------------------------------------------------------------- (a) mkinitramfs
 
 
-def with_modules_setting(conf_text: str, value: str) -> str:
-    """initramfs.conf text with MODULES=value (replacing the active line or appending)."""
+def with_setting(conf_text: str, key: str, value: str) -> str:
+    """initramfs.conf text with KEY=value (replacing the active line or appending)."""
     lines = conf_text.splitlines()
-    pattern = re.compile(r"^\s*MODULES=")
+    pattern = re.compile(rf"^\s*{re.escape(key)}=")
     if any(pattern.match(line) for line in lines):
-        lines = [f"MODULES={value}" if pattern.match(line) else line for line in lines]
+        lines = [f"{key}={value}" if pattern.match(line) else line for line in lines]
     else:
-        lines.append(f"MODULES={value}")
+        lines.append(f"{key}={value}")
     return "\n".join(lines) + "\n"
+
+
+def with_modules_setting(conf_text: str, value: str) -> str:
+    return with_setting(conf_text, "MODULES", value)
 
 
 def mkinitramfs_argv(conf_dir: Path, out: Path, kver: str) -> list[str]:
@@ -144,9 +148,11 @@ def mkinitramfs_argv(conf_dir: Path, out: Path, kver: str) -> list[str]:
 
 
 def build_mkinitramfs(
-    kver: str, out_dir: Path, *, conf_src: Path = INITRAMFS_TOOLS_CONF, modules: str = "most"
-) -> Anchor:
-    """Run mkinitramfs on a temp copy of /etc/initramfs-tools with MODULES=`modules`.
+    kver: str, out_dir: Path, *, conf_src: Path = INITRAMFS_TOOLS_CONF, modules: str = "most",
+    boot: str | None = None,
+) -> Anchor:  # fmt: skip
+    """Run mkinitramfs on a temp copy of /etc/initramfs-tools with MODULES=`modules` (and
+    BOOT=`boot`, the default boot script, when given: mkinitramfs-BOOT-KVER.img).
 
     COMPRESS stays whatever Debian's initramfs.conf says (zstd on bookworm).
     """
@@ -154,16 +160,18 @@ def build_mkinitramfs(
         raise ComposeError(
             f"{conf_src}/initramfs.conf: not found", "install initramfs-tools (scripts/setup)"
         )
-    out = out_dir / f"mkinitramfs-{kver}.img"
+    out = out_dir / (f"mkinitramfs-{boot}-{kver}.img" if boot else f"mkinitramfs-{kver}.img")
     with tempfile.TemporaryDirectory(prefix="anchor-itconf-") as tmp:
         conf_dir = Path(tmp) / "initramfs-tools"
         shutil.copytree(conf_src, conf_dir, symlinks=True)
         conf = conf_dir / "initramfs.conf"
-        conf.write_text(with_modules_setting(conf.read_text(), modules))
+        text = with_modules_setting(conf.read_text(), modules)
+        conf.write_text(with_setting(text, "BOOT", boot) if boot else text)
         start = time.monotonic()
         run(mkinitramfs_argv(conf_dir, out, kver), timeout=1800)
         wall = time.monotonic() - start
-    return summarize(f"mkinitramfs MODULES={modules}", out, wall, list_image(out))
+    name = f"mkinitramfs MODULES={modules}" + (f" BOOT={boot}" if boot else "")
+    return summarize(name, out, wall, list_image(out))
 
 
 # ---------------------------------------------------------------- (b) dracut

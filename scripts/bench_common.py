@@ -1,9 +1,10 @@
 """What every scripts/bench stage shares: the checkout root, paths as the report shows
-them, progress lines on stderr, and the ratio every target and table is made of."""
+them, progress lines on stderr, console transcripts, and the ratio every target and table is made of."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from initrd_composer.errors import ComposeError
@@ -26,3 +27,10 @@ def display_path(path: Path) -> str:
 
 def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def save_console(path: Path, lines: Sequence[str]) -> Path:
+    """A boot's console transcript, kept for whoever reads a failure or checks a number."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path

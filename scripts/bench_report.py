@@ -14,6 +14,9 @@ from bench_alias import AliasBench
 from bench_boot import BootTimings
 from bench_builds import VARIANTS
 from bench_common import MIB, ratio
+from bench_nfs import NfsTimings
+from bench_pxe import PROTOCOLS as PXE_PROTOCOLS
+from bench_pxe import PxeTimings
 from bench_results import Report, boot_target
 
 
@@ -238,6 +241,151 @@ def section_alias(report: Report) -> str | None:
     return "\n".join(out) + "\n"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _med(values: Sequence[float]) -> str:
+    return f"{median(values):.2f}"
+
+
+def nfs_summary_rows(nfs: NfsTimings) -> list[str]:
+    ours, deb = nfs.ours, nfs.debian
+    versions = ", ".join(sorted({b.version for b in ours})), ", ".join(sorted({d.version for d in deb}))
+    return [
+        "| median | ours (`nfsmount=`) | initramfs-tools (`boot=nfs`) |",
+        "|---|---:|---:|",
+        f"| image MiB | {_mib(nfs.ours_bytes)} | {_mib(nfs.debian_bytes)} |",
+        f"| kernel runs /init (uptime s) | {_med([b.kernel_init for b in ours])} | "
+        f"{_med([d.init_start for d in deb])} |",
+        f"| coldplug done: our probe end, Debian's premount break (uptime s) | "
+        f"{_med([b.probe_end for b in ours])} | {_med([d.premount for d in deb])} |",
+        f"| NFS mounted (uptime s) | {_med([b.mounted for b in ours])} | {_med([d.mounted for d in deb])} |",
+        f"| coldplug done to NFS mounted (s) | {_med([b.span for b in ours])} | "
+        f"{_med([d.span for d in deb])} |",
+        f"| wall s (qemu start to the last mark) | {_med([b.wall_seconds for b in ours])} | "
+        f"{_med([d.wall_seconds for d in deb])} |",
+        f"| NFS version mounted | {versions[0]} | {versions[1]} |",
+    ]
+
+
+def nfs_run_rows(nfs: NfsTimings) -> list[str]:
+    """Every run, in run order (our boot i ran just before Debian's boot i)."""
+    rows = [
+        "| run | ours /init | ours probe_end | ours mounted | ours span s | ours network s | ours media s "
+        "| Debian /init | Debian premount | Debian mounted | Debian span s | Debian ipconfig timeouts |",
+        "|---:|" + "---:|" * 11,
+    ]
+    for i, (b, d) in enumerate(zip(nfs.ours, nfs.debian, strict=True), 1):
+        rows.append(
+            f"| {i} | {b.kernel_init:.2f} | {b.probe_end:.2f} | {b.mounted:.2f} | {b.span:.2f} "
+            f"| {b.network_seconds:.2f} | {b.media_seconds:.2f} | {d.init_start:.2f} | {d.premount:.2f} "
+            f"| {d.mounted:.2f} | {d.span:.2f} | {d.ipconfig_timeouts} |"
+        )
+    return rows
+
+
+def section_nfs(report: Report) -> str | None:
+    nfs = report.nfs
+    if nfs is None:
+        return None
+    timeouts = sum(d.ipconfig_timeouts for d in nfs.debian)
+    out = [
+        "## NFS media over DHCP (QEMU, TCG)\n",
+        f"{_count(len(nfs.ours), 'boot')} each, alternated, on the boot-timings machine "
+        f"(`-m {nfs.memory_mb}`, "
+        f"`{' '.join(nfs.devices)}`),\nDHCP from QEMU's user network, one server for all boots: "
+        f"{nfs.server}.",
+        f"Ours: `{nfs.ours_image}`, `{nfs.ours_append}`; the span runs from the hwreport's\n"
+        "`timings.probe_end` to the printk stamp of /init's `nfs: ... mounted with NFS V` line, logged once\n"
+        "the share is mounted and listed: every stage /init runs after the probe up to there (network with\n"
+        "its DHCP, media with the mount, and any other, such as storage assembly) lies inside it.",
+        f"initramfs-tools: {nfs.debian_label}, `{nfs.debian_image}`, `{nfs.debian_append}`;\n"
+        "/proc/uptime read at the premount break (udev coldplug and settle done) and at the bottom break\n"
+        "(the export mounted on /root by klibc's ipconfig and nfsmount). Both sides listed the export's\n"
+        "marker file. All uptimes are guest seconds.\n",
+        *nfs_summary_rows(nfs),
+        "",
+        f"- Coldplug done to NFS mounted, ours / initramfs-tools: {nfs.span_ratio:.3f}",
+        f"- Uptime at NFS mounted, ours / initramfs-tools: {nfs.mounted_ratio:.3f}",
+        f"- Our stages' own clocks (median): network {_med([b.network_seconds for b in nfs.ours])} s, "
+        f"media {_med([b.media_seconds for b in nfs.ours])} s; the rest of our span is the other stages\n"
+        "  and /init between them (the hwreport's assembly, importing each stage's code).",
+        f"- klibc ipconfig rounds without a DHCP answer (it gives up after 2 s and asks again, e.g. while\n"
+        f"  the link is still coming up): {timeouts} in {len(nfs.debian)} boots; they count in its span.\n",
+        *nfs_run_rows(nfs),
+    ]
+    return "\n".join(out) + "\n"
+
+
+def pxe_summary_rows(pxe: PxeTimings) -> list[str]:
+    def med(protocol: str, what: str) -> str:
+        return f"{pxe.median_of(protocol, what):.2f}"
+
+    def rate(protocol: str) -> str:
+        return f"{pxe.initrd_bytes / MIB / pxe.median_of(protocol, 'initrd_seconds'):.1f}"
+
+    return [
+        "| median | TFTP | HTTP |",
+        "|---|---:|---:|",
+        f"| initrd.img transfer s (opened to closed by its server) | {med('tftp', 'initrd_seconds')} "
+        f"| {med('http', 'initrd_seconds')} |",
+        f"| initrd.img MiB/s | {rate('tftp')} | {rate('http')} |",
+        f"| vmlinuz transfer s | {med('tftp', 'kernel_seconds')} | {med('http', 'kernel_seconds')} |",
+        f"| boot.ipxe read to the kernel's first console line (s) | {med('tftp', 'script_to_console')} "
+        f"| {med('http', 'script_to_console')} |",
+        f"| qemu start to the kernel's first console line (s) | {med('tftp', 'first_console')} "
+        f"| {med('http', 'first_console')} |",
+    ]
+
+
+def pxe_run_rows(pxe: PxeTimings) -> list[str]:
+    rows = [
+        "| run | protocol | boot.ipxe read | vmlinuz s | initrd.img s | HTTP server's GET s "
+        "| first kernel line | script to kernel s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(pxe.runs):
+        get = "" if r.request_seconds is None else f"{r.request_seconds:.2f}"
+        rows.append(
+            f"| {i // len(PXE_PROTOCOLS) + 1} | {r.protocol} | {r.script_done:.2f} | {r.kernel_seconds:.2f} "
+            f"| {r.initrd_seconds:.2f} | {get} | {r.first_console:.2f} | {r.script_to_console:.2f} |"
+        )
+    return rows
+
+
+def section_pxe(report: Report) -> str | None:
+    pxe = report.pxe
+    if pxe is None:
+        return None
+    http_get = [r.request_seconds for r in pxe.of("http") if r.request_seconds is not None]
+    out = [
+        "## PXE transfer: TFTP vs HTTP (iPXE, QEMU, TCG)\n",
+        f"{_count(len(pxe.of('tftp')), 'boot')} per protocol, alternated, of the tree `compose-initrd pxe "
+        "--initrd IMAGE\n--default-mode probe --timeout 1` wrote around our image (`" + pxe.tree + "`: "
+        f"initrd.img {_mib(pxe.initrd_bytes)} MiB, vmlinuz {_mib(pxe.kernel_bytes)} MiB).\n"
+        f"QEMU's e1000 iPXE ROM (`-device {pxe.device}`) runs boot.ipxe, which names vmlinuz and initrd.img\n"
+        f"relative to its own URL. TFTP: `-netdev {pxe.netdevs['tftp']}`, QEMU's built-in server. HTTP:\n"
+        f"`-netdev {pxe.netdevs['http']}`, a Python ThreadingHTTPServer on 127.0.0.1.\n"
+        "iPXE prints nothing on the serial console, so times are host seconds after qemu's start, taken the\n"
+        "same way for both: inotify on the tree says when each file was opened and closed by whichever\n"
+        "server sent it: QEMU opens it when the read request arrives and closes it after sending the last\n"
+        "block, the HTTP server opens it for the GET and closes it after writing the last byte. The\n"
+        "script-to-kernel span ends when the kernel's first console line arrives; it holds boot.ipxe's 1 s\n"
+        "menu, both transfers and the kernel's start up to its serial console, the same for both protocols\n"
+        "but for the transfers. Each boot stops at the kernel's `RAMDISK:` line, whose size matched\n"
+        "initrd.img every time.\n",
+        *pxe_summary_rows(pxe),
+        "",
+        f"- initrd.img transfer, HTTP / TFTP: {pxe.transfer_ratio:.3f}",
+        f"- boot.ipxe read to the kernel's first console line, HTTP / TFTP: {pxe.console_ratio:.3f}",
+        f"- The HTTP server's own log of the initrd GET (request read to last byte written), median: "
+        f"{median(http_get):.2f} s\n",
+        *pxe_run_rows(pxe),
+    ]
+    return "\n".join(out) + "\n"
+
+
 def section_commands(report: Report) -> str:
     lines = [report.invocation, *dict.fromkeys(b.command for b in report.builds)]
     text = (
@@ -261,6 +409,8 @@ SECTIONS: tuple[Section, ...] = (
     section_classes,
     section_boot,
     section_alias,
+    section_nfs,
+    section_pxe,
     section_commands,
 )
 
@@ -293,6 +443,29 @@ def report_json(report: Report) -> dict[str, object]:
         "notes": list(report.notes),
         "boot": None if report.boot is None else boot_json(report.boot),
         "alias": None if report.alias is None else alias_json(report.alias),
+        "nfs": None if report.nfs is None else nfs_json(report.nfs),
+        "pxe": None if report.pxe is None else pxe_json(report.pxe),
+    }
+
+
+def nfs_json(nfs: NfsTimings) -> dict[str, object]:
+    doc = asdict(nfs)
+    for run_doc, boot in zip(doc["ours"], nfs.ours, strict=True):
+        run_doc["span"] = boot.span
+    for run_doc, deb in zip(doc["debian"], nfs.debian, strict=True):
+        run_doc["span"] = deb.span
+    return {**doc, "span_ratio": round(nfs.span_ratio, 4), "mounted_ratio": round(nfs.mounted_ratio, 4)}
+
+
+def pxe_json(pxe: PxeTimings) -> dict[str, object]:
+    doc = asdict(pxe)
+    for run_doc, run in zip(doc["runs"], pxe.runs, strict=True):
+        run_doc.update(initrd_seconds=run.initrd_seconds, kernel_seconds=run.kernel_seconds,
+                       script_to_console=run.script_to_console)  # fmt: skip
+    return {
+        **doc,
+        "transfer_ratio": round(pxe.transfer_ratio, 4),
+        "console_ratio": round(pxe.console_ratio, 4),
     }
 
 

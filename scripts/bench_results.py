@@ -11,6 +11,8 @@ from bench_boot import BootTimings
 from bench_builds import Build
 from bench_common import ratio
 from bench_machine import Machine
+from bench_nfs import NfsTimings
+from bench_pxe import PxeTimings
 
 TIME_TARGET = 1 / 8  # our wall time / mkinitramfs wall time
 SIZE_TARGET = 1.0  # our image size / mkinitramfs image size
@@ -59,6 +61,8 @@ class Report:
     notes: tuple[str, ...] = field(default=())
     boot: BootTimings | None = None
     alias: AliasBench | None = None
+    nfs: NfsTimings | None = None
+    pxe: PxeTimings | None = None
     raw_json: str = "out/bench/bench.json"  # where report_json() goes, for the header
 
     def build(self, key: str) -> Build | None:
@@ -107,7 +111,8 @@ def boot_target(boot: BootTimings) -> Target:
 
 def build_report(
     kver: str, invocation: str, machine: Machine, builds: Sequence[Build], *,
-    boot: BootTimings | None = None, alias: AliasBench | None = None, notes: Sequence[str] = (),
+    boot: BootTimings | None = None, alias: AliasBench | None = None, nfs: NfsTimings | None = None,
+    pxe: PxeTimings | None = None, notes: Sequence[str] = (),
 ) -> Report:  # fmt: skip
     """Ratios and class comparisons from the measured builds and boots.
 
@@ -134,6 +139,8 @@ def build_report(
         notes=(*build_notes(builds), *notes),
         boot=boot,
         alias=alias,
+        nfs=nfs,
+        pxe=pxe,
     )
 
 
