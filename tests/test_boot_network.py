@@ -6,7 +6,10 @@ section and the `stage: network` console line read from the guest.
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +114,63 @@ def test_vlan_on_a_bond_of_two_nics_with_a_static_address(all_nics_image: BuiltI
     # the kernel loaded 8021q and bonding through the image's modprobe (request_module)
     assert any("8021q: 802.1Q VLAN Support" in line for line in lines)
     assert _stage_line(lines) == "stage: network ok bond0.5 static 10.0.5.2/24"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_tagged_traffic_between_two_guests_over_a_vlan_on_a_bond(all_nics_image: BuiltImage) -> None:
+    """Two guests on one QEMU socket network (raw Ethernet frames, tags and all): A puts VLAN 5
+    on an active-backup bond whose primary member is on that wire, B a VLAN 5 on its only NIC;
+    each pings the other (ping= targets the static gateway). B's eth0.5 receives only frames
+    tagged 5, so an answer on either side means tagged traffic crossed the wire both ways."""
+    port = _free_port()
+    vmlinuz = Path(f"/boot/vmlinuz-{all_nics_image.version}")
+    a_devices = ["-netdev", f"socket,id=n0,listen=127.0.0.1:{port}", "-device", f"e1000,netdev=n0,mac={MAC0}",
+                 "-netdev", "user,id=n1", "-device", f"e1000,netdev=n1,mac={MAC1}"]  # fmt: skip
+    b_devices = ["-netdev", f"socket,id=n0,connect=127.0.0.1:{port}",
+                 "-device", "e1000,netdev=n0,mac=52:54:00:12:34:70"]  # fmt: skip
+    a_words = ("bond=bond0:eth0,eth1:mode=active-backup,miimon=100,primary=eth0 vlan=bond0.5:bond0"
+               " ip=10.0.5.2::10.0.5.1:255.255.255.0::bond0.5:off ping=40")  # fmt: skip
+    b_words = "vlan=eth0.5:eth0 ip=10.0.5.1::10.0.5.2:255.255.255.0::eth0.5:off ping=40"
+    results: dict[str, qemu_boot.BootResult] = {}
+
+    def run(name: str, devices: list[str], words: str) -> None:
+        results[name] = qemu_boot.boot(vmlinuz, all_nics_image.path, f"console=ttyS0 probe {words}", devices,
+                                       timeout=150)  # fmt: skip
+
+    guest_a = threading.Thread(target=run, args=("a", a_devices, a_words))
+    guest_a.start()
+    _wait_listening(port)  # B's qemu exits at once if nothing listens yet
+    run("b", b_devices, b_words)
+    guest_a.join()
+    for name, peer in (("a", "10.0.5.1"), ("b", "10.0.5.2")):
+        result = results[name]
+        assert result.reason == "matched", "\n".join(result.lines[-40:])
+        assert result.matched_line is not None
+        net = json.loads(result.matched_line.split(":", 1)[1])["network"]
+        assert net["ping"]["target"] == peer and net["ping"]["ok"], (name, net)
+    net_a = json.loads(str(results["a"].matched_line).split(":", 1)[1])["network"]
+    assert {"name": "bond0.5", "kind": "vlan", "parent": "bond0", "vlan_id": 5} in net_a["links"]
+
+
+def _wait_listening(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if f"{port:04X}" in _listening_ports():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"qemu never listened on 127.0.0.1:{port}")
+
+
+def _listening_ports() -> set[str]:
+    # /proc/net/tcp, not a connect(): QEMU's socket netdev takes the first connection as its peer
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A":  # TCP_LISTEN
+            ports.add(fields[1].split(":")[1])
+    return ports

@@ -22,11 +22,11 @@ from initrd_composer.boot.cmdline import MODES  # the words /init reads: one lis
 from initrd_composer.errors import ComposeError, UsageError
 
 # The restore stage is not built yet: until it is, its entries say what they do today
-# (probe, then the shell), so no menu promises a restore it cannot make.
+# (probe, find the restore data, then the shell), so no menu promises a restore it cannot make.
 TITLES = {
-    "nuke": "nuke: automatic restore (not built yet: probe, then a shell)",
-    "interactive": "interactive: guided restore (not built yet: probe, then a shell)",
-    "compare": "compare: backup vs disks (not built yet: probe, then a shell)",
+    "nuke": "nuke: automatic restore (not yet: finds the data, then a shell)",
+    "interactive": "interactive: guided restore (not yet: finds the data, then a shell)",
+    "compare": "compare: backup vs disks (not yet: finds the data, then a shell)",
     "expert": "expert: a shell with every driver loaded",
     "probe": "probe: report the hardware this image drives, then power off",
 }
