@@ -58,8 +58,11 @@ def qemu_argv(
     memory_mb: int = DEFAULT_MEMORY_MB,
     qemu: str = QEMU,
 ) -> list[str]:
-    """The qemu command line for a direct kernel boot (firmware_argv plus -kernel)."""
-    boot = ["-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd), "-append", append]
+    """The qemu command line for a direct kernel boot (firmware_argv plus -kernel).
+
+    `no_timer_check` is added, as libguestfs does for TCG: on a loaded host the kernel's
+    IO-APIC timer check can miss its ticks and panic ("IO-APIC + timer doesn't work!")."""
+    boot = ["-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd), "-append", f"{append} no_timer_check"]
     return firmware_argv([*boot, *devices], memory_mb=memory_mb, qemu=qemu)
 
 

@@ -90,7 +90,7 @@ def test_qemu_argv_is_tcg_serial_stdio_with_devices_last() -> None:
     assert argv[argv.index("-kernel") + 1] == "/boot/vmlinuz-X"
     assert argv[argv.index("-initrd") + 1] == "/tmp/initrd.img"
     # the whole command line is ONE argv element: no shell splitting anywhere
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 probe ip=dhcp"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 probe ip=dhcp no_timer_check"
     assert argv[-4:] == ["-device", "e1000,netdev=n0", "-netdev", "user,id=n0"]
     assert "-no-reboot" in argv and "-nodefaults" in argv
 

@@ -32,6 +32,7 @@ KERNEL_WORDS = (
     "BOOT_IMAGE", "earlyprintk", "noapic", "nomodeset", "acpi", "apic", "mem", "nokaslr", "vga",
     "net.ifnames", "biosdevname", "module_blacklist", "modprobe.blacklist", "efi", "nosmp", "maxcpus",
     "mitigations", "ipv6.disable", "audit", "selinux", "apparmor", "lockdown", "systemd.unit", "rootwait",
+    "no_timer_check", "clocksource", "tsc", "nowatchdog",
 )
 
 
