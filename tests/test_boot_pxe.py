@@ -82,7 +82,7 @@ def _check_boot(
     parsed = report["cmdline"]
     assert (parsed["mode"], parsed["unknown"], parsed["problems"]) == ("probe", [], []), parsed
     assert parsed["params"] == {
-        "pxe": True, "prefix": "rescue", "ipconf": ipconf, "nfsmount": NFS, "bootif": MAC
+        "pxe": True, "prefix": "rescue", "ipconf": ipconf, "nfsmount": NFS, "bootif": MAC, "media_timeout": 2
     }, parsed
     assert MAC in [dev["mac"] for dev in report["netdevs"]], report["netdevs"]
 
