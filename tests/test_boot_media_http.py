@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.http_test_server import Drop, Scenario, Served, serving
 from tests.image_fixtures import BuiltImage
-from tests.test_boot_http_source import Drop, Scenario, Served, serving
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import qemu_boot
