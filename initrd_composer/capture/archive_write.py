@@ -1,0 +1,229 @@
+"""Write one filesystem tree into a pax+zstd archive, gathering its manifest records.
+
+libarchive's disk reader walks the tree (staying on one filesystem) and fills each entry
+with the metadata, ACLs, xattrs, file flags and the sparse map; its pax writer stores them.
+Each file is read once: the data blocks go to the archive and into the content sha256 in
+the same pass, and the archive's own sha256 is computed as it is written. Holes (which the
+disk reader skips) are fed as zeros: the pax writer drops them again, and the content
+sha256 is that of the logical content, which a verifier can compute from any copy.
+Owners are numeric only (no name lookup), as the rescue image has no passwd of the machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fnmatch
+import hashlib
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import libarchive
+import libarchive.ffi as la_ffi
+import libarchive.flags as la_flags
+from libarchive.exception import ArchiveError
+
+from initrd_composer.boot.restore_set.manifest import (
+    FileRecord,
+    name_bytes,
+    name_text,
+    path_xattrs,
+    xattr_digest,
+)
+from initrd_composer.errors import ComposeError
+
+_BLOCK = 1 << 20
+_ZEROS_VIEW = memoryview(bytes(_BLOCK))
+_ZEROS_BUF = ctypes.create_string_buffer(_BLOCK)
+# libarchive functions libarchive-c does not declare (hard links, descending, sparse maps).
+_lib = la_ffi.libarchive
+_lib.archive_read_disk_can_descend.argtypes = [ctypes.c_void_p]
+_lib.archive_read_disk_can_descend.restype = ctypes.c_int
+_lib.archive_entry_copy_hardlink.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_lib.archive_entry_copy_hardlink.restype = None
+_lib.archive_entry_sparse_clear.argtypes = [ctypes.c_void_p]
+_lib.archive_entry_sparse_clear.restype = None
+_lib.archive_entry_nlink.argtypes = [ctypes.c_void_p]
+_lib.archive_entry_nlink.restype = ctypes.c_uint
+_lib.archive_entry_dev.argtypes = [ctypes.c_void_p]
+_lib.archive_entry_dev.restype = ctypes.c_uint64
+_lib.archive_entry_ino64.argtypes = [ctypes.c_void_p]
+_lib.archive_entry_ino64.restype = ctypes.c_int64
+
+_TYPES = {
+    stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFCHR: "char",
+    stat.S_IFBLK: "block", stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket",
+}
+
+
+@dataclass(frozen=True)
+class WrittenArchive:
+    sha256: str
+    size: int
+    files: tuple[FileRecord, ...]
+
+
+def zstd_options(threads: int | None = None, level: int = 3) -> str:
+    """libarchive write options: zstd level and worker threads, raw (binary) pax names so
+    any byte string a filesystem allows survives whatever the locale."""
+    n = threads if threads is not None else (os.cpu_count() or 1)
+    return f"zstd:compression-level={level},zstd:threads={n},pax:hdrcharset=BINARY"
+
+
+def excluded(rel: str, patterns: Sequence[str]) -> bool:
+    """fnmatch patterns against the path relative to the root ("var/cache/*"); a pattern
+    without "/" matches a name at any depth ("*.tmp", "lost+found")."""
+    name = rel.rpartition("/")[2]
+    return any(fnmatch.fnmatchcase(rel if "/" in p else name, p) for p in patterns)
+
+
+def write_archive(
+    root: Path, out: BinaryIO, *, excludes: Sequence[str] = (), threads: int | None = None
+) -> WrittenArchive:
+    """Archive the tree at `root` (one filesystem) into the open file `out`."""
+    sink = _HashingSink(out)
+    records: list[FileRecord] = []
+    try:
+        with libarchive.custom_writer(sink.write, "pax", "zstd", block_size=_BLOCK,
+                                      options=zstd_options(threads)) as archive, \
+                _DiskWalk(root, excludes) as walk:
+            for rel, source in walk:
+                records.append(walk.write_entry(archive._pointer, rel, source))
+    except ArchiveError as exc:
+        if sink.error is not None:
+            raise ComposeError(
+                f"cannot write the archive of {root}: {sink.error.strerror}",
+                "free space on the set directory's filesystem, or choose another directory",
+            ) from exc
+        raise ComposeError(f"cannot archive {root}: {exc.msg}", "check the tree is readable") from exc
+    return WrittenArchive(sink.sha256.hexdigest(), sink.size, tuple(records))
+
+
+class _HashingSink:
+    """libarchive's output callback: writes to the file and hashes what it writes."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.error: OSError | None = None  # a ctypes callback must not raise: kept for later
+
+    def write(self, data: ctypes.Array[ctypes.c_char]) -> int:
+        try:
+            self.out.write(data)
+        except OSError as exc:
+            self.error = exc
+            return -1
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+class _DiskWalk:
+    """libarchive's disk reader over one tree: iterating gives (path relative to root,
+    source path) with the entry filled in; excluded directories are not descended into,
+    mount points are archived but not entered."""
+
+    def __init__(self, root: Path, excludes: Sequence[str]) -> None:
+        self.root = os.fsencode(os.path.abspath(root))
+        self.excludes = excludes
+        self.read_p = la_ffi.read_disk_new()
+        self.entry_p = la_ffi.entry_new()
+        self.first_name: dict[tuple[int, int], str] = {}  # inode -> first archived name
+
+    def __enter__(self) -> _DiskWalk:
+        la_ffi.read_disk_set_behavior(self.read_p, la_flags.READDISK_NO_TRAVERSE_MOUNTS)
+        la_ffi.read_disk_open(self.read_p, self.root)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        la_ffi.entry_free(self.entry_p)
+        la_ffi.read_free(self.read_p)
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        while la_ffi.read_next_header2(self.read_p, self.entry_p) != la_ffi.ARCHIVE_EOF:
+            source = la_ffi.entry_sourcepath(self.entry_p)
+            rel_b = source[len(self.root):].lstrip(b"/") or b"."
+            rel = name_text(rel_b)
+            if rel != "." and excluded(rel, self.excludes):
+                continue
+            if _lib.archive_read_disk_can_descend(self.read_p):
+                la_ffi.read_disk_descend(self.read_p)
+            la_ffi.entry_copy_pathname(self.entry_p, rel_b)
+            yield rel, source
+
+    def write_entry(self, write_p: ctypes.c_void_p, rel: str, source: bytes) -> FileRecord:
+        """Write the current entry (header, then the data of a regular file's first name)."""
+        entry_p = self.entry_p
+        mode = la_ffi.entry_mode(entry_p)
+        kind = _TYPES.get(stat.S_IFMT(mode), "unknown")
+        if kind == "socket":  # pax cannot hold one; listed so the manifest is the whole tree
+            return self._record(rel, source, kind, 0, digest=None, link=None)
+        size = la_ffi.entry_size(entry_p) if kind == "file" else 0
+        first = self._hardlink_target(kind, rel)
+        if first is not None:
+            _lib.archive_entry_copy_hardlink(entry_p, name_bytes(first))
+            _lib.archive_entry_sparse_clear(entry_p)
+            la_ffi.entry_set_size(entry_p, 0)
+        la_ffi.write_header(write_p, entry_p)
+        digest = self._copy_data(write_p, size) if kind == "file" and first is None else None
+        la_ffi.write_finish_entry(write_p)
+        if first is not None:
+            return self._record(rel, source, "hardlink", size, digest=None, link=first)
+        link = name_text(la_ffi.entry_symlink(entry_p)) if kind == "symlink" else None
+        return self._record(rel, source, kind, size, digest=digest, link=link)
+
+    def _record(
+        self, rel: str, source: bytes, kind: str, size: int, *, digest: str | None, link: str | None
+    ) -> FileRecord:
+        e = self.entry_p
+        devnode = kind in ("char", "block")
+        return FileRecord(
+            # The mode as stat() gives it: with an ACL, libarchive's entry has the group
+            # bits of the group:: entry, while the file's (and the restored file's) are the mask.
+            path=rel, type=kind, mode=stat.S_IMODE(os.lstat(source).st_mode), uid=la_ffi.entry_uid(e),
+            gid=la_ffi.entry_gid(e), size=size,
+            mtime_ns=la_ffi.entry_mtime(e) * 1_000_000_000 + la_ffi.entry_mtime_nsec(e),
+            sha256=digest, link=link,
+            rdev=(la_ffi.entry_rdevmajor(e), la_ffi.entry_rdevminor(e)) if devnode else None,
+            xattr_sha256=xattr_digest(path_xattrs(source)),
+        )
+
+    def _hardlink_target(self, kind: str, rel: str) -> str | None:
+        """The first archived name of this inode if this is a later name of it, else None."""
+        if kind == "dir" or _lib.archive_entry_nlink(self.entry_p) < 2:
+            return None
+        key = (_lib.archive_entry_dev(self.entry_p), _lib.archive_entry_ino64(self.entry_p))
+        first = self.first_name.get(key)
+        if first is None:
+            self.first_name[key] = rel
+        return first
+
+    def _copy_data(self, write_p: ctypes.c_void_p, size: int) -> str:
+        """Copy the file's data blocks to the archive; the content sha256 (holes as zeros)."""
+        h = hashlib.sha256()
+        buff, length, offset = ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_longlong()
+        done = 0
+        while la_ffi.read_data_block(
+            self.read_p, ctypes.byref(buff), ctypes.byref(length), ctypes.byref(offset)
+        ) != la_ffi.ARCHIVE_EOF:
+            done = _zeros(write_p, h, done, offset.value)
+            if length.value:
+                h.update(ctypes.string_at(buff, length.value))
+                la_ffi.write_data(write_p, buff, length.value)
+                done += length.value
+        _zeros(write_p, h, done, size)
+        return h.hexdigest()
+
+
+def _zeros(write_p: ctypes.c_void_p, h: hashlib._Hash, start: int, end: int) -> int:
+    """Feed the hole [start, end) as zeros; the pax writer skips them per the sparse map."""
+    while start < end:
+        n = min(end - start, _BLOCK)
+        h.update(_ZEROS_VIEW[:n])
+        la_ffi.write_data(write_p, _ZEROS_BUF, n)
+        start += n
+    return end

@@ -1,0 +1,380 @@
+"""Run the storage tools over a set of disks (block devices or disk image files) and gather
+their output into a layout document. The runner, the byte reader and every host path are
+injected; the parsing is in the sibling modules."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from initrd_composer.capture.layout import LayoutError, bootloader, filesystems, partitions, volumes
+from initrd_composer.capture.layout.document import dump_layout, new_layout
+from initrd_composer.errors import ComposeError
+from initrd_composer.runner import run
+
+Runner = Callable[[list[str]], str]
+ByteReader = Callable[[str, int, int], bytes]
+
+_EXT = frozenset({"ext2", "ext3", "ext4"})
+# Member signatures a restore cannot rebuild (it would need their keys or the firmware RAID's
+# metadata): named in the layout's refused list. md and LVM members are described instead.
+_REFUSED_SIGNATURES = {
+    "crypto_LUKS": "LUKS encrypted",
+    "ddf_raid_member": "firmware RAID (DDF)",
+    "isw_raid_member": "firmware RAID (Intel)",
+}
+
+
+def run_tool(argv: list[str]) -> str:
+    """The default runner: the project's subprocess helper, stdout as text."""
+    return run(argv).stdout.decode(errors="replace")
+
+
+def read_device_bytes(path: str, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Where the collector looks on the host; tests point these at fixtures."""
+
+    source_root: Path | None = None  # the captured system's root, for etc/fstab; None: no fstab
+    mountinfo: Path = Path("/proc/self/mountinfo")
+    mdstat: Path = Path("/proc/mdstat")
+    efi_firmware: Path = Path("/sys/firmware/efi")
+
+
+@dataclass
+class _Context:
+    runner: Runner
+    read_bytes: ByteReader
+    paths: HostPaths
+    mounts: list[dict[str, str]] = field(default_factory=list)
+
+
+def _probe(ctx: _Context, argv: list[str]) -> dict[str, str]:
+    """blkid export of one device; {} when blkid finds nothing (it exits 2 then). A missing
+    blkid is still an error: the runner says "cannot run", not "command failed"."""
+    try:
+        return filesystems.parse_blkid_export(ctx.runner(argv))
+    except ComposeError as exc:
+        if exc.message.startswith("command failed"):
+            return {}
+        raise
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _dev_number(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if stat.S_ISBLK(st.st_mode) else None
+
+
+def _mountpoint(ctx: _Context, device: str) -> str | None:
+    number = _dev_number(device)
+    real = os.path.realpath(device)
+    for mount in ctx.mounts:
+        # The whole filesystem's mount, not a bind mount of a directory inside it.
+        if mount["root"] == "/" and (mount["dev"] == number or os.path.realpath(mount["source"]) == real):
+            return mount["mountpoint"]
+    return None
+
+
+def _disk(ctx: _Context, disk: str, gap_dir: Path | None) -> dict[str, Any]:
+    name = Path(disk).name
+    image = Path(disk).is_file()
+    if image:
+        info: dict[str, Any] = {
+            "name": name,
+            "size_bytes": Path(disk).stat().st_size,
+            "logical_sector_size": 512,
+            "physical_sector_size": 512,
+            "model": None,
+            "serial": None,
+            "wwn": None,
+        }
+    else:
+        info = partitions.parse_lsblk_disk(ctx.runner(["lsblk", "--json", "-b", "-O", "--nodeps", disk]))
+    info["path"] = disk
+    info["image"] = image
+    probe = _probe(ctx, ["blkid", "-p", "-o", "export", disk])
+    table = None
+    if probe.get("PTTYPE") in ("gpt", "dos"):
+        table = partitions.parse_sfdisk_json(ctx.runner(["sfdisk", "--json", disk]))
+    elif probe.get("PTTYPE"):
+        raise LayoutError(
+            f"{disk}: a {probe['PTTYPE']} partition table, not gpt or dos",
+            f"a restore recreates only gpt and dos tables: leave {disk} out of the capture",
+        )
+    info["partition_table"] = table
+    info["boot_sector"] = bootloader.boot_sector(ctx.read_bytes(disk, 0, bootloader.SECTOR))
+    info["gap"] = None
+    start = partitions.first_partition_start(table) if table else None
+    if table and start:
+        end = start * table["sector_size"]
+        if end > bootloader.SECTOR:
+            gap = ctx.read_bytes(disk, bootloader.SECTOR, end - bootloader.SECTOR)
+            info["gap"] = bootloader.gap_record(gap, name)
+            if gap_dir is not None:
+                (gap_dir / info["gap"]["file"]).write_bytes(gap)
+    ss = table["sector_size"] if table else 512
+    for p in table["partitions"] if table else []:
+        p["raw"] = None
+        if p["bios_boot"]:
+            content = ctx.read_bytes(disk, p["start"] * ss, p["size"] * ss)
+            p["raw"] = bootloader.bios_boot_record(content, name, p["number"])
+            if gap_dir is not None:
+                (gap_dir / p["raw"]["file"]).write_bytes(content)
+    return info
+
+
+def _features(ctx: _Context, fs: dict[str, Any]) -> dict[str, Any] | None:
+    kind, device, mountpoint = fs["type"], fs["device"], fs["mountpoint"]
+    if kind in _EXT:
+        return filesystems.parse_dumpe2fs(ctx.runner(["dumpe2fs", "-h", device]))
+    if kind == "xfs":
+        # xfs_info wants a mount point; xfs_db reads the same report from the device.
+        argv = ["xfs_info", mountpoint] if mountpoint else ["xfs_db", "-r", "-c", "info", device]
+        return filesystems.parse_xfs_info(ctx.runner(argv))
+    if kind == "btrfs":
+        if not mountpoint:
+            return {"subvolumes": None}  # listing subvolumes needs the filesystem mounted
+        out = ctx.runner(["btrfs", "subvolume", "list", "-p", "-u", mountpoint])
+        return {"subvolumes": filesystems.parse_btrfs_subvolumes(out)}
+    if kind == "vfat":
+        return {"fat_size": fs["version"]}
+    return None
+
+
+def _filesystem(
+    ctx: _Context, device: str, probe: dict[str, str], image: tuple[str, int, int] | None
+) -> dict[str, Any]:
+    fs = filesystems.identity(probe)
+    fs["device"] = device
+    fs["partuuid"] = probe.get("PART_ENTRY_UUID")
+    fs["partlabel"] = probe.get("PART_ENTRY_NAME")
+    fs["mountpoint"] = None if image else _mountpoint(ctx, device)
+    fs["used_bytes"] = fs["size_bytes"] = None
+    if fs["mountpoint"] and fs["type"] != "swap":
+        sv = os.statvfs(fs["mountpoint"])
+        fs["size_bytes"] = sv.f_blocks * sv.f_frsize
+        fs["used_bytes"] = (sv.f_blocks - sv.f_bfree) * sv.f_frsize
+    # The tools read devices, not offsets inside an image file.
+    fs["features"] = None if image else _features(ctx, fs)
+    if image:
+        fs["image_offset_bytes"], fs["image_size_bytes"] = image[1], image[2]
+    return fs
+
+
+def _blkid_argv(device: str, image: tuple[str, int, int] | None) -> list[str]:
+    if image is None:
+        return ["blkid", "-p", "-o", "export", device]
+    return ["blkid", "-p", "-o", "export", "-O", str(image[1]), "-S", str(image[2]), image[0]]
+
+
+def _volumes_on(ctx: _Context, devices: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """md arrays and VGs with a member among devices (so the host's own stay out)."""
+    real = {os.path.realpath(d) for d in devices}
+    arrays = []
+    mdstat = _read_text(ctx.paths.mdstat)
+    if mdstat:
+        details = {}
+        for array in volumes.parse_mdstat(mdstat):
+            if array.active:
+                details[array.name] = ctx.runner(["mdadm", "--detail", "--export", "/dev/" + array.name])
+        arrays = [
+            a
+            for a in volumes.md_arrays(mdstat, details)
+            if any(os.path.realpath(m["device"]) in real for m in a["members"])
+        ]
+    real |= {os.path.realpath(a["device"]) for a in arrays}
+    units = ["--reportformat", "json", "--units", "b", "--nosuffix", "-o"]
+    groups = volumes.lvm_summary(
+        ctx.runner(["lvm", "vgs", *units, "vg_name,vg_uuid,vg_extent_size,vg_size"]),
+        ctx.runner(["lvm", "pvs", *units, "pv_name,pv_uuid,pv_size,vg_name"]),
+        ctx.runner(
+            [
+                "lvm",
+                "lvs",
+                "-a",
+                *units,
+                "lv_name,vg_name,lv_uuid,lv_size,segtype,pool_lv,origin,lv_attr,seg_count",
+            ]
+        ),
+    )
+    groups = [g for g in groups if any(os.path.realpath(pv["device"] or "") in real for pv in g["pvs"])]
+    for group in groups:
+        with tempfile.TemporaryDirectory(prefix="layout-vg-") as tmp:
+            target = Path(tmp) / "vg.txt"
+            ctx.runner(["lvm", "vgcfgbackup", "-f", str(target), group["name"]])
+            text = target.read_text()
+        name, uuid = volumes.vgcfgbackup_identity(text)
+        if (name, uuid) != (group["name"], group["uuid"]):
+            raise LayoutError(f"vgcfgbackup of {group['name']} describes {name} ({uuid})")
+        group["vgcfgbackup"] = text
+    return arrays, groups
+
+
+def _bootloader(ctx: _Context, disks: list[dict[str, Any]], fss: list[dict[str, Any]]) -> dict[str, Any]:
+    esps = [fs for fs in fss if fs.get("esp")]
+    loaders = []
+    for esp in esps:
+        if esp["mountpoint"]:
+            root = Path(esp["mountpoint"])
+            loaders += sorted(
+                "/" + p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() == ".efi"
+            )
+    uefi_booted = ctx.paths.efi_firmware.is_dir()
+    nvram = bootloader.parse_efibootmgr(ctx.runner(["efibootmgr", "-v"])) if uefi_booted else None
+    return {
+        "bios_grub_disks": [d["name"] for d in disks if d["boot_sector"]["grub"]],
+        "bios_boot_partitions": [
+            p["node"]
+            for d in disks
+            if d["partition_table"]
+            for p in d["partition_table"]["partitions"]
+            if p["bios_boot"]
+        ],
+        "uefi": {
+            "booted_uefi": uefi_booted,
+            "esps": [fs["device"] for fs in esps],
+            "loaders": loaders,
+            "nvram": nvram,
+        },
+    }
+
+
+Place = tuple[str, tuple[str, int, int] | None, bool]  # device, (image, offset, size) or None, is ESP
+
+
+def _places(disk_docs: list[dict[str, Any]]) -> list[Place]:
+    """Every place a filesystem may sit on these disks: each partition, or the whole disk."""
+    places: list[Place] = []
+    for d in disk_docs:
+        table = d["partition_table"]
+        if table is None:
+            places.append((d["path"], None, False))
+            continue
+        ss = table["sector_size"]
+        for p in table["partitions"]:
+            image = (d["path"], p["start"] * ss, p["size"] * ss) if d["image"] else None
+            places.append((p["node"], image, p["esp"]))
+    return places
+
+
+def _attach_fstab(fss: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
+    """Each fstab entry names its device, each filesystem gets its entry (None without one).
+    A /dev path in fstab may be another name of the device (/dev/mapper/vg-lv, /dev/disk/...)."""
+    for fs in fss:
+        fs["fstab"] = None
+    for entry in entries:
+        entry["device"] = None
+        spec = entry["spec"]
+        for fs in fss:
+            aliases = {fs["device"], os.path.realpath(fs["device"])}
+            if filesystems.fstab_matches(spec, fs, aliases) or (
+                spec.startswith("/dev/") and os.path.realpath(spec) in aliases
+            ):
+                entry["device"], fs["fstab"] = fs["device"], {k: v for k, v in entry.items() if k != "device"}
+                break
+
+
+def collect_layout(
+    disks: Sequence[str],
+    *,
+    runner: Runner = run_tool,
+    read_bytes: ByteReader = read_device_bytes,
+    paths: HostPaths | None = None,
+    gap_dir: Path | None = None,
+) -> dict[str, Any]:
+    """gap_dir: where the raw bytes no archive holds are written (disk-NAME-gap.bin,
+    disk-NAME-partN-bios-boot.bin); None records only their size and hash.
+
+    The layout of these disks (/dev/sda, or disk image files) and what is stacked on them:
+    md arrays and VGs with a member among them, the filesystems on all of it. Image files get
+    no md or LVM (that needs their devices) and no filesystem features."""
+    ctx = _Context(runner, read_bytes, paths or HostPaths())
+    ctx.mounts = filesystems.parse_mountinfo(_read_text(ctx.paths.mountinfo) or "")
+    disk_docs = [_disk(ctx, d, gap_dir) for d in disks]
+    places = _places(disk_docs)
+    fss: list[dict[str, Any]] = []
+    contents: dict[str, str | None] = {}
+    for device, image, esp in places:
+        probe = _probe(ctx, _blkid_argv(device, image))
+        contents[device] = probe.get("TYPE")
+        if probe.get("TYPE") and probe["TYPE"] not in filesystems.MEMBER_TYPES:
+            fss.append({**_filesystem(ctx, device, probe, image), "esp": esp})
+    for d in disk_docs:
+        for p in d["partition_table"]["partitions"] if d["partition_table"] else []:
+            p["content"] = contents.get(p["node"])
+    arrays: list[dict[str, Any]] = []
+    groups: list[dict[str, Any]] = []
+    if not all(d["image"] for d in disk_docs):
+        arrays, groups = _volumes_on(ctx, {d["path"] for d in disk_docs} | {p[0] for p in places})
+    stacked = [a["device"] for a in arrays] + [
+        f"/dev/{g['name']}/{lv['name']}"
+        for g in groups
+        for lv in g["lvs"]
+        if not (lv["hidden"] or lv["refused"])
+    ]
+    for device in stacked:
+        probe = _probe(ctx, _blkid_argv(device, None))
+        if probe.get("TYPE") and probe["TYPE"] not in filesystems.MEMBER_TYPES:
+            fss.append({**_filesystem(ctx, device, probe, None), "esp": False})
+    fstab = None
+    if ctx.paths.source_root is not None:
+        fstab_text = _read_text(ctx.paths.source_root / "etc" / "fstab")
+        fstab = filesystems.parse_fstab(fstab_text) if fstab_text is not None else None
+    _attach_fstab(fss, fstab or [])
+    return new_layout(
+        disks=disk_docs,
+        md_arrays=arrays,
+        volume_groups=groups,
+        filesystems=fss,
+        fstab=fstab,
+        bootloader=_bootloader(ctx, disk_docs, fss),
+        refused=[
+            {"kind": "signature", "name": device, "reason": _REFUSED_SIGNATURES[kind]}
+            for device, kind in contents.items()
+            if kind in _REFUSED_SIGNATURES
+        ]
+        + volumes.refused_volumes(groups),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m initrd_composer.capture.layout.collect --disk /dev/sda [--disk IMAGE] [--root /]`:
+    the layout as JSON on stdout (gap bytes into --gap-dir when given)."""
+    parser = argparse.ArgumentParser(prog="collect-layout", description=main.__doc__)
+    parser.add_argument("--disk", action="append", required=True, help="block device or disk image file")
+    parser.add_argument("--root", type=Path, help="root of the captured system, for etc/fstab")
+    parser.add_argument("--gap-dir", type=Path, help="write disk-NAME-gap.bin files here")
+    args = parser.parse_args(argv)
+    try:
+        doc = collect_layout(args.disk, paths=HostPaths(source_root=args.root), gap_dir=args.gap_dir)
+    except ComposeError as exc:
+        print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return 1
+    sys.stdout.write(dump_layout(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
