@@ -1,0 +1,31 @@
+"""The source machine the restore tests capture is real: a Debian 12 disk built in a guest,
+booted from SeaBIOS through its own GRUB, initramfs and LVM root to systemd's marker unit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.image_fixtures import BuiltImage
+from tests.source_machine import AWKWARD_NAMES, MARKER, SourceMachine, boot_to_marker, source_machine
+
+pytest_plugins = ("tests.image_fixtures",)
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("source-machine")]
+
+
+@pytest.fixture(scope="session")
+def source(all_nics_image: BuiltImage) -> SourceMachine:
+    return source_machine(Path(f"/boot/vmlinuz-{all_nics_image.version}"), all_nics_image.path)
+
+
+def test_the_source_machine_boots_to_its_marker(source: SourceMachine) -> None:
+    result = boot_to_marker(source.disk)
+    assert result.reason == "matched", "\n".join(result.lines[-60:])
+    lines = list(result.lines)
+    assert any("Linux version " + source.kernel_version in line for line in lines), lines[:5]
+    # printed by the source's own systemd unit, reading the awkward files it was given
+    marker = next(line for line in lines if MARKER in line)
+    marker = marker[marker.index(MARKER):]
+    assert marker.split() == [MARKER, f"files={len(AWKWARD_NAMES)}", "colour=blue",
+                              "/srv/awkward/capped", "cap_net_raw=ep"], marker  # fmt: skip
