@@ -17,19 +17,7 @@ from initrd_composer.capture.layout import (
 from initrd_composer.capture.layout.collect import HostPaths, collect_layout
 from initrd_composer.capture.layout.document import dump_layout, load_layout, new_layout, validate_layout
 from initrd_composer.errors import ComposeError
-
-TESTS = Path(__file__).resolve().parent
-LAYOUT = TESTS / "data" / "layout"
-STORAGE = TESTS / "data" / "storage"
-
-
-def layout_data(name: str) -> str:
-    return (LAYOUT / name).read_text()
-
-
-def storage_data(name: str) -> str:
-    return (STORAGE / name).read_text()
-
+from tests.layout_fixtures import layout_data, storage_data
 
 # --- the collector's md/LVM wiring on the guest captures (the host can build neither) -------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 
@@ -16,19 +15,7 @@ from initrd_composer.capture.layout import (
     partitions,
     volumes,
 )
-
-TESTS = Path(__file__).resolve().parent
-LAYOUT = TESTS / "data" / "layout"
-STORAGE = TESTS / "data" / "storage"
-
-
-def layout_data(name: str) -> str:
-    return (LAYOUT / name).read_text()
-
-
-def storage_data(name: str) -> str:
-    return (STORAGE / name).read_text()
-
+from tests.layout_fixtures import layout_data, storage_data
 
 # --- partitions ---------------------------------------------------------------------------------
 

@@ -11,11 +11,10 @@ import pytest
 
 from initrd_composer.boot.restore import RestoreRefused
 from initrd_composer.boot.restore.from_layout import plan_inputs
-from initrd_composer.boot.restore.model import MIB, LogicalVolume, TargetDisk
+from initrd_composer.boot.restore.model import GIB, MIB, LogicalVolume, TargetDisk
 from initrd_composer.boot.restore.sizing import plan_restore
 from initrd_composer.capture.layout.document import new_layout
 
-GIB = 1 << 30
 BIOS = "21686148-6449-6E6F-744E-656564454649"
 LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 SWAP = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"

@@ -98,11 +98,12 @@ def media_stage(cfg: BootConfig, report: dict[str, Any]) -> Any:
     """Find the restore data the command line asks for (a restore mode always looks); the
     result goes into the report. Returns what was found, or None. Never fatal."""
     from initrd_composer.boot.media.plan import media_wanted, plan_media, timeout_of  # noqa: PLC0415
+
+    if not media_wanted(cfg):
+        return None  # a plain probe boot: the stage's code is not even imported
     from initrd_composer.boot.media.stage import run_media, stage_detail, wait_answer  # noqa: PLC0415
     from initrd_composer.boot.sources import MediaContext  # noqa: PLC0415
 
-    if not media_wanted(cfg):
-        return None
     plan = plan_media(cfg)
     for problem in plan.problems:
         log(f"media: {problem}", 4)
