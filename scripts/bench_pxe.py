@@ -257,7 +257,11 @@ class _TreeHandler(http.server.SimpleHTTPRequestHandler):
 
 
 class _TreeServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+    # Handler threads are joined by server_close(), so `requests` is complete once http_tree()
+    # returns: a client may have every byte before its handler has recorded the request.
+    # (HTTP/1.0, one request per connection: a client that goes away ends its thread.)
+    daemon_threads = False
+    block_on_close = True
     requests: list[Request]
 
 
