@@ -15,6 +15,10 @@ Built once and cached (the recipe's hash names the files), in three steps:
 3. the disk boots from SeaBIOS to MARKER, printed on ttyS0 by a systemd unit, so the source
    is known to be a working machine before anything captures it.
 
+Two things make it a hard machine to move: its initramfs is built with MODULES=dep (it holds
+virtio_blk, not the other disk drivers), and fstab names its swap by device (/dev/vda3), as
+older installations do; the marker line says which swap came up.
+
 Partial files never look finished: each step writes NAME.partial and renames it.
 """
 
@@ -88,8 +92,13 @@ cat > /target/etc/fstab <<EOF
 /dev/mapper/vg0-root / ext4 errors=remount-ro 0 1
 UUID=@boot@ /boot ext4 defaults 0 2
 /dev/mapper/vg0-srv /srv xfs defaults 0 2
-UUID=@swap@ none swap sw 0 0
+/dev/vda3 none swap sw 0 0
 EOF
+# MODULES=dep: the initramfs carries this machine's disk driver (virtio_blk) and not the
+# others, as on many installed systems, so a restore onto another controller boots only if
+# it rebuilds the initramfs there
+sed -i 's/^MODULES=.*/MODULES=dep/' /target/etc/initramfs-tools/initramfs.conf
+chroot /target /usr/sbin/update-initramfs -u -k all
 echo source > /target/etc/hostname
 cat > /target/etc/systemd/system/source-marker.service <<'EOF'
 [Unit]
@@ -97,7 +106,8 @@ Description=print the source machine's marker on the serial console
 [Service]
 Type=oneshot
 ExecStart=/bin/sh -c 'echo @marker@ files=$$(ls -A /srv/awkward | wc -l) \
-  colour=$$(getfattr --only-values -n user.colour /srv/awkward/xattrs) $$(getcap /srv/awkward/capped)'
+  colour=$$(getfattr --only-values -n user.colour /srv/awkward/xattrs) $$(getcap /srv/awkward/capped) \
+  swap=$$(sed -n 2p /proc/swaps | cut -d" " -f1)'
 StandardOutput=tty
 TTYPath=/dev/ttyS0
 [Install]
@@ -216,12 +226,20 @@ def build_disk(vmlinuz: Path, rescue_initrd: Path, root_tar: Path, disk: Path, w
     return lines
 
 
-def boot_to_marker(disk: Path, devices: tuple[str, ...] = (), timeout: float = 300) -> qemu_boot.BootResult:
-    """Boot a disk from SeaBIOS (a snapshot: the image is not changed) until MARKER."""
-    argv = qemu_boot.firmware_argv(
-        ["-drive", f"file={disk},format=raw,if=virtio,snapshot=on", *devices], memory_mb=1024
-    )
+def boot_to_marker(disk: Path, devices: tuple[str, ...] = (), timeout: float = 300,
+                   controller: tuple[str, ...] | None = None) -> qemu_boot.BootResult:  # fmt: skip
+    """Boot a disk from SeaBIOS (a snapshot: the image is not changed) until MARKER; on
+    virtio-blk, or on the `controller` devices given (which take the drive `d0`)."""
+    drive = ["-drive", f"file={disk},format=raw,if=virtio,snapshot=on"] if controller is None else \
+        ["-drive", f"file={disk},format=raw,if=none,id=d0,snapshot=on", *controller]  # fmt: skip
+    argv = qemu_boot.firmware_argv([*drive, *devices], memory_mb=1024)
     return qemu_boot.run_console(argv, timeout=timeout, until=MARKER)
+
+
+def marker_words(result: qemu_boot.BootResult) -> list[str]:
+    """The words of the marker line, from MARKER on."""
+    line = next(line for line in result.lines if MARKER in line)
+    return line[line.index(MARKER):].split()
 
 
 def source_machine(vmlinuz: Path, rescue_initrd: Path, cache: Path = CACHE) -> SourceMachine:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from initrd_composer.capture.layout import LAYOUT_FORMAT, LAYOUT_VERSION
-from initrd_composer.capture.layout.collect import HostPaths, collect_layout, main, run_tool
+from initrd_composer.capture.layout.collect import HostPaths, collect_layout, run_tool
 from initrd_composer.capture.layout.document import dump_layout, load_layout
 from initrd_composer.runner import run
 
@@ -333,14 +333,6 @@ def test_image_file_without_loop_device(disk: Disk) -> None:
     assert kinds["ext4"]["uuid"] == BOOT_UUID and kinds["ext4"]["features"] is None
     assert kinds["ext4"]["image_offset_bytes"] == 135168 * 512
     assert doc["fstab"] is None and doc["md_arrays"] == [] and doc["lvm"]["volume_groups"] == []
-
-
-def test_main_prints_the_layout(disk: Disk, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--disk", str(disk.image)]) == 0
-    doc = load_layout(capsys.readouterr().out)
-    assert doc["disks"][0]["partition_table"]["label"] == "gpt"
-    assert main(["--disk", str(disk.tmp / "absent.img")]) == 1
-    assert "absent.img" in capsys.readouterr().err
 
 
 def test_dos_image_with_grub_core_in_the_gap(tmp_path: Path) -> None:

@@ -14,9 +14,8 @@ from initrd_composer.capture.layout import (
     LAYOUT_FORMAT,
     LayoutError,
 )
-from initrd_composer.capture.layout.collect import HostPaths, collect_layout
+from initrd_composer.capture.layout.collect import HostPaths, ToolFailed, collect_layout
 from initrd_composer.capture.layout.document import dump_layout, load_layout, new_layout, validate_layout
-from initrd_composer.errors import ComposeError
 from tests.layout_fixtures import layout_data, storage_data
 
 # --- the collector's md/LVM wiring on the guest captures (the host can build neither) -------------
@@ -50,7 +49,7 @@ def _fake_host(tmp_path: Path) -> tuple[HostPaths, Any, list[list[str]]]:
             if argv[-1] == "/dev/vgtest/lvdata":
                 return layout_data("blkid-p3.txt")
             if kind is None:
-                raise ComposeError(f"command failed: {' '.join(argv)}: exit status 2")
+                raise ToolFailed(f"command failed: {' '.join(argv)}: exit status 2")
             return f"DEVNAME={argv[-1]}\nTYPE={kind}\n"
         if argv[:3] == ["mdadm", "--detail", "--export"]:
             return storage_data("mdadm-detail-export.txt")
@@ -126,9 +125,9 @@ def test_collect_missing_blkid_is_an_error(tmp_path: Path) -> None:
     paths, _, _ = _fake_host(tmp_path)
 
     def missing(argv: list[str]) -> str:
-        raise ComposeError(f"cannot run {argv[0]}: not found", "install it")
+        raise ToolFailed(f"cannot run {argv[0]}: not found", "install it", started=False)
 
-    with pytest.raises(ComposeError, match="cannot run lsblk"):
+    with pytest.raises(ToolFailed, match="cannot run lsblk"):
         collect_layout(["/dev/vda"], runner=missing, read_bytes=lambda p, o, n: bytes(n), paths=paths)
 
 
@@ -219,7 +218,7 @@ def test_collect_lists_loaders_on_a_mounted_esp(tmp_path: Path) -> None:
         if argv[0] == "blkid":
             name = {"/dev/loop0": "PTTYPE=gpt\n", "/dev/loop0p2": layout_data("blkid-p2.txt")}.get(argv[-1])
             if name is None:
-                raise ComposeError("command failed: blkid: exit status 2")
+                raise ToolFailed("command failed: blkid: exit status 2")
             return name
         if argv[0] == "efibootmgr":
             return layout_data("efibootmgr-v.txt")

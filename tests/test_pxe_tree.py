@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from initrd_composer.boot.cmdline import MODES, parse_cmdline
+from initrd_composer.boot.cmdline import parse_cmdline
 from initrd_composer.cli import main as cli
 from initrd_composer.errors import ComposeError
-from initrd_composer.media.boot_menus import MenuSpec
+from initrd_composer.media.boot_menus import MENU_MODES, MenuSpec
 from initrd_composer.media.loader_files import LOADERS, LoaderFiles
 from initrd_composer.media.payload import BootPayload, sha256_file
 from initrd_composer.media.pxe_tree import (
@@ -118,7 +118,7 @@ def test_pxelinux_default_and_per_mac_files(tree: Path) -> None:
         text = (tree / "pxelinux.cfg" / name).read_text()
         assert text.startswith("SERIAL 0 115200\n"), "pxelinux mirrors to the port only after SERIAL"
         default, labels = syslinux_labels(text)
-        assert default == "probe" and set(labels) == set(MODES)
+        assert default == "probe" and set(labels) == set(MENU_MODES)
         assert "TIMEOUT 10\n" in text  # tenths of a second
         for mode, entry in labels.items():
             assert (tree / entry["KERNEL"]).is_file() and (tree / entry["INITRD"]).is_file()
@@ -133,10 +133,10 @@ def test_ipxe_script_and_grub_cfg_pass_the_booting_mac(tree: Path) -> None:
     script = (tree / "boot.ipxe").read_text()
     assert script.startswith("#!ipxe\n")
     labels = set(re.findall(r"^:(\w+)$", script, re.M))
-    assert labels == set(MODES)
+    assert labels == set(MENU_MODES)
     assert "choose --default probe --timeout 1000 mode" in script
     kernels = re.findall(r"^kernel (\S+) (.*)$", script, re.M)
-    assert len(kernels) == len(MODES)
+    assert len(kernels) == len(MENU_MODES)
     for (kernel, rest), mode in zip(kernels, re.findall(r"^:(\w+)$", script, re.M), strict=True):
         assert (tree / kernel).is_file()
         # iPXE expands ${netX/mac:hexhyp} to 52-54-00-12-34-56.
@@ -148,14 +148,14 @@ def test_ipxe_script_and_grub_cfg_pass_the_booting_mac(tree: Path) -> None:
 
     grub = (tree / "grub/grub.cfg").read_text()
     ids = re.findall(r"--id (\w+) \{", grub)
-    assert set(ids) == set(MODES) and "set default=probe" in grub and "set timeout=1" in grub
+    assert set(ids) == set(MENU_MODES) and "set default=probe" in grub and "set timeout=1" in grub
     for mode, line in zip(ids, re.findall(r"^\s+linux (.*)$", grub, re.M), strict=True):
         kernel, *words = line.split()
         assert kernel == "$cmdpath/vmlinuz"  # GRUB's TFTP directory of shim and itself
         expanded = " ".join(words).replace("${net_default_mac}", MAC).split()
         _expect_words(expanded[:-1], mode, "eth0:dhcp")
         assert parse_cmdline(" ".join(expanded)).bootif == MAC
-    assert re.findall(r"^\s+initrd (.*)$", grub, re.M) == ["$cmdpath/initrd.img"] * len(MODES)
+    assert re.findall(r"^\s+initrd (.*)$", grub, re.M) == ["$cmdpath/initrd.img"] * len(MENU_MODES)
     checked = run(["grub-script-check", tree / "grub/grub.cfg"], check=False)  # GRUB's own parser
     assert checked.returncode == 0, checked.stdout + checked.stderr
 

@@ -11,18 +11,22 @@ from typing import Any
 import pytest
 
 from initrd_composer.boot.restore_set import RestoreSetError
+from initrd_composer.boot.restore_set.layout import LAYOUT_FORMAT, LAYOUT_VERSION, dump_layout
 from initrd_composer.boot.restore_set.manifest import (
     FORMAT,
     MANIFEST_NAME,
     VERSION,
     ArchiveRecord,
+    ExtraRecord,
     FileRecord,
     Manifest,
     check_archive_file,
+    check_extra,
     dumps,
     file_sha256,
     load_set,
     loads,
+    set_layout,
     xattr_digest,
 )
 
@@ -40,8 +44,34 @@ def _files() -> tuple[FileRecord, ...]:
     )
 
 
+LAYOUT_TEXT = dump_layout({
+    "format": LAYOUT_FORMAT, "version": LAYOUT_VERSION, "disks": [], "md_arrays": [],
+    "lvm": {"volume_groups": []}, "fstab": None, "bootloader": {}, "refused": [],
+    "filesystems": [{"device": "/dev/sda1", "type": "ext4", "uuid": None, "label": None, "mountpoint": None,
+                     "features": None, "fstab": None, "archive": "root"},
+                    {"device": "/dev/sda2", "type": "swap", "uuid": None, "label": None, "mountpoint": None,
+                     "features": None, "fstab": None, "archive": None}],
+})  # fmt: skip
+GAP = b"\xeb\x63\x90" + bytes(509)
+
+
+def _record(file: str, data: bytes) -> ExtraRecord:
+    return ExtraRecord(file, hashlib.sha256(data).hexdigest(), len(data))
+
+
 def _manifest() -> Manifest:
-    return Manifest((ArchiveRecord("root", "root.pax.zst", "cd" * 32, 42, _files()),))
+    return Manifest(
+        (ArchiveRecord("root", "root.pax.zst", "cd" * 32, 42, _files()),),
+        (_record("layout.json", LAYOUT_TEXT.encode()), _record("disk-sda-gap.bin", GAP)),
+    )
+
+
+def _write_set(directory: Path, manifest: Manifest | None = None) -> None:
+    """A complete set directory (archive content is not checked by load_set)."""
+    (directory / MANIFEST_NAME).write_bytes(dumps(manifest or _manifest()))
+    (directory / "root.pax.zst").write_bytes(b"x")
+    (directory / "layout.json").write_text(LAYOUT_TEXT)
+    (directory / "disk-sda-gap.bin").write_bytes(GAP)
 
 
 def _json() -> dict[str, Any]:
@@ -58,6 +88,9 @@ def test_json_round_trip_keeps_every_field_and_odd_names() -> None:
     assert set(head["archives"][0]["files"][1]) == {
         "path", "type", "mode", "uid", "gid", "size", "mtime_ns", "sha256", "link", "rdev", "xattr_sha256"
     }
+    assert set(head) == {"format", "version", "archives", "extras"}
+    gap = {"file": "disk-sda-gap.bin", "sha256": hashlib.sha256(GAP).hexdigest(), "size": 512}
+    assert head["extras"][1] == gap
 
 
 def test_a_newer_version_is_refused_with_a_hint() -> None:
@@ -84,6 +117,12 @@ def test_a_newer_version_is_refused_with_a_hint() -> None:
         (lambda d: d["archives"][0].update(file="../x"), "not a plain file name"),
         (lambda d: d["archives"][0]["files"].append(d["archives"][0]["files"][1]), "listed twice"),
         (lambda d: d["archives"].append(d["archives"][0]), "same name"),
+        (lambda d: d.pop("extras"), "extras must be a list"),
+        (lambda d: d["extras"][1].update(file="../gap"), "not a plain file name"),
+        (lambda d: d["extras"][1].update(size="512"), "'size' must be int"),
+        (lambda d: d["extras"][1].update(file="root.pax.zst"), "two files of the set have the same name"),
+        (lambda d: d["extras"].append(d["extras"][0]), "two files of the set have the same name"),
+        (lambda d: d["extras"][1].update(file="manifest.json"), "two files of the set have the same name"),
     ],
 )
 def test_validation_names_what_is_wrong(change: Any, message: str) -> None:
@@ -107,11 +146,62 @@ def test_a_set_without_manifest_is_refused_as_incomplete(tmp_path: Path) -> None
 
 
 def test_a_set_missing_an_archive_is_refused(tmp_path: Path) -> None:
-    (tmp_path / MANIFEST_NAME).write_bytes(dumps(_manifest()))
+    _write_set(tmp_path)
+    assert load_set(tmp_path) == _manifest()
+    (tmp_path / "root.pax.zst").unlink()
     with pytest.raises(RestoreSetError, match=r"incomplete: missing root\.pax\.zst"):
         load_set(tmp_path)
-    (tmp_path / "root.pax.zst").write_bytes(b"x")
-    assert load_set(tmp_path) == _manifest()
+
+
+@pytest.mark.parametrize("missing", ["layout.json", "disk-sda-gap.bin"])
+def test_a_set_missing_an_extra_is_refused(tmp_path: Path, missing: str) -> None:
+    _write_set(tmp_path)
+    (tmp_path / missing).unlink()
+    with pytest.raises(RestoreSetError, match=f"incomplete: missing {missing}") as exc:
+        load_set(tmp_path)
+    assert "copy the whole set directory" in exc.value.hint
+
+
+def test_a_set_without_layout_json_is_refused(tmp_path: Path) -> None:
+    _write_set(tmp_path, Manifest(_manifest().archives, _manifest().extras[1:]))
+    with pytest.raises(RestoreSetError, match=r"incomplete: no layout\.json") as exc:
+        load_set(tmp_path)
+    assert "a restore needs the machine's layout" in exc.value.hint
+
+
+def test_a_damaged_extra_is_named(tmp_path: Path) -> None:
+    _write_set(tmp_path)
+    manifest = load_set(tmp_path)
+    for extra in manifest.extras:
+        check_extra(tmp_path, extra)
+    (tmp_path / "disk-sda-gap.bin").write_bytes(b"\xeb\x64" + GAP[2:])  # same size, one byte off
+    with pytest.raises(RestoreSetError, match=r"disk-sda-gap\.bin of restore set .* corrupted: its sha256"):
+        check_extra(tmp_path, manifest.extra("disk-sda-gap.bin"))
+    (tmp_path / "disk-sda-gap.bin").write_bytes(GAP[:100])
+    with pytest.raises(RestoreSetError, match="corrupted: its size differs"):
+        check_extra(tmp_path, manifest.extra("disk-sda-gap.bin"))
+    with pytest.raises(RestoreSetError, match=r"no file 'disk-sdb-gap\.bin'"):
+        manifest.extra("disk-sdb-gap.bin")
+
+
+def test_set_layout_checks_the_layout_and_its_archive_names(tmp_path: Path) -> None:
+    _write_set(tmp_path)
+    manifest = load_set(tmp_path)
+    layout = set_layout(tmp_path, manifest)
+    got = [(fs["device"], fs["archive"]) for fs in layout["filesystems"]]
+    assert got == [("/dev/sda1", "root"), ("/dev/sda2", None)]
+    broken = [
+        (LAYOUT_TEXT.replace('"archive": "root"', '"archive": "boot"'), "names archive 'boot'"),
+        (LAYOUT_TEXT.replace('"archive": "root",', ""), "has no archive key"),
+        (LAYOUT_TEXT.replace('"version": 1', '"version": 7'), "layout version 7"),
+    ]
+    for text, message in broken:
+        (tmp_path / "layout.json").write_text(text)
+        extras = (_record("layout.json", text.encode()), *manifest.extras[1:])
+        with pytest.raises(RestoreSetError, match=message):
+            set_layout(tmp_path, Manifest(manifest.archives, extras))
+    with pytest.raises(RestoreSetError, match=r"layout\.json of restore set .* is corrupted"):
+        set_layout(tmp_path, manifest)  # the file no longer has the manifest's sha256
 
 
 def test_archive_sha256_mismatch_names_the_archive(tmp_path: Path) -> None:

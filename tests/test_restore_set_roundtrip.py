@@ -4,21 +4,33 @@ owners, file capabilities, a tmpfs mount) and the acl, attr, libcap2-bin and rsy
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import socket
 import stat
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from initrd_composer.boot.restore_set import RestoreSetError
 from initrd_composer.boot.restore_set.extract import extract_archive, extract_stream
-from initrd_composer.boot.restore_set.manifest import MANIFEST_NAME, Manifest, check_archive_file, load_set
+from initrd_composer.boot.restore_set.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    check_archive_file,
+    check_extra,
+    load_set,
+    set_layout,
+)
 from initrd_composer.boot.restore_set.verify import VerifyError, compare_tree, verify_tree
 from initrd_composer.capture.archive_write import excluded
-from initrd_composer.capture.set_writer import write_set
-from initrd_composer.errors import ComposeError
+from initrd_composer.capture.errors import CaptureError
+from initrd_composer.capture.layout.document import new_layout
+from initrd_composer.capture.set_writer import SetTree, write_set
 from initrd_composer.runner import run
 
 pytestmark = pytest.mark.root
@@ -27,6 +39,19 @@ GIB = 1 << 30
 LONG_NAME = "n" * 255
 UTF8_NAME = "é" * 127  # 254 bytes
 TOOLS = ("setfacl", "getfacl", "getfattr", "setcap", "rsync")
+
+
+def layout_of(trees: Sequence[tuple[str, Any]], *, unarchived: int = 0) -> dict[str, Any]:
+    """A layout with one filesystem per tree naming its archive (and `unarchived` more)."""
+    base = {"type": "ext4", "uuid": None, "label": None, "mountpoint": None, "features": None, "fstab": None}
+    fss = [{**base, "device": f"/dev/vda{i + 1}", "archive": name} for i, (name, _root) in enumerate(trees)]
+    fss += [{**fss[0], "device": f"/dev/vdb{i}", "archive": None} for i in range(unarchived)] if fss else []
+    return new_layout(disks=[], md_arrays=[], volume_groups=[], filesystems=fss, fstab=None, bootloader={},
+                      refused=[])  # fmt: skip
+
+
+def capture(set_dir: Path, trees: Sequence[tuple[str, Path]], **options: Any) -> Manifest:
+    return write_set(set_dir, trees, layout=layout_of(trees), **options)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -87,7 +112,7 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Mani
     _build_tree(src)
     _check_the_filesystem_keeps_xattrs_and_acls(src)
     times = os.stat(src).st_mtime_ns
-    manifest = write_set(base / "set", [("root", src)], excludes=["*.tmp", "cache"], threads=2)
+    manifest = capture(base / "set", [("root", src)], excludes=["*.tmp", "cache"], threads=2)
     os.utime(src, ns=(1, times))  # (reading does not change it; keep the fixture honest)
     return src, base / "set", manifest
 
@@ -231,7 +256,7 @@ def test_capture_stays_on_one_filesystem(tmp_path: Path) -> None:
     run(["mount", "-t", "tmpfs", "none", src / "mnt"])
     try:
         (src / "mnt" / "other-fs").write_bytes(b"not captured")
-        manifest = write_set(tmp_path / "set", [("root", src)])
+        manifest = capture(tmp_path / "set", [("root", src)])
     finally:
         run(["umount", src / "mnt"])
     # The mount point is kept (an empty directory), not what is mounted on it.
@@ -241,10 +266,10 @@ def test_capture_stays_on_one_filesystem(tmp_path: Path) -> None:
 def test_recapture_removes_the_old_manifest_first(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    write_set(tmp_path / "set", [("root", src)])
+    capture(tmp_path / "set", [("root", src)])
     assert load_set(tmp_path / "set").archive("root").files[0].path == "."
-    with pytest.raises(ComposeError, match="cannot archive"):  # the second capture fails
-        write_set(tmp_path / "set", [("root", tmp_path / "missing")])
+    with pytest.raises(CaptureError, match="cannot archive"):  # the second capture fails
+        capture(tmp_path / "set", [("root", tmp_path / "missing")])
     with pytest.raises(RestoreSetError, match="incomplete"):
         load_set(tmp_path / "set")
 
@@ -282,12 +307,71 @@ def test_a_failed_capture_leaves_no_manifest_and_no_partial_archive(tmp_path: Pa
     good.mkdir()
     (good / "f").write_bytes(b"f")
     set_dir = tmp_path / "set"
-    with pytest.raises(ComposeError, match="cannot archive"):
-        write_set(set_dir, [("root", good), ("boot", tmp_path / "missing")])
-    assert sorted(p.name for p in set_dir.iterdir()) == ["root.pax.zst"]  # no manifest, no .part
+    with pytest.raises(CaptureError, match="cannot archive"):
+        capture(set_dir, [("root", good), ("boot", tmp_path / "missing")])
+    # layout.json is written first; no manifest, no .part
+    assert sorted(p.name for p in set_dir.iterdir()) == ["layout.json", "root.pax.zst"]
     with pytest.raises(RestoreSetError, match="incomplete: no manifest"):
         load_set(set_dir)
-    with pytest.raises(ComposeError, match="same archive name"):
-        write_set(set_dir, [("root", good), ("root", good)])
-    with pytest.raises(ComposeError, match="bad archive name"):
-        write_set(set_dir, [("../root", good)])
+    with pytest.raises(CaptureError, match="same archive name"):
+        capture(set_dir, [("root", good), ("root", good)])
+    with pytest.raises(CaptureError, match="bad archive name"):
+        capture(set_dir, [("../root", good)])
+    with pytest.raises(CaptureError, match="names archive 'boot', which is not captured"):
+        write_set(tmp_path / "other", [("root", good)], layout=layout_of([("root", good), ("boot", good)]))
+    assert not (tmp_path / "other").exists()  # refused before anything is written
+
+
+def test_layout_and_raw_files_are_in_the_set(tmp_path: Path) -> None:
+    """layout.json and the collector's raw files are copied in, listed with their sha256."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"f")
+    gaps = tmp_path / "gaps"
+    gaps.mkdir()
+    (gaps / "disk-vda-gap.bin").write_bytes(b"\x00" * 1000 + b"core.img")
+    (gaps / "disk-vda-part1-bios-boot.bin").write_bytes(os.urandom(4096))
+    layout = layout_of([("root", src)], unarchived=1)
+    manifest = write_set(tmp_path / "set", [("root", src)], layout=layout,
+                         extra_files=sorted(gaps.iterdir()))  # fmt: skip
+    assert manifest == load_set(tmp_path / "set")
+    files = [e.file for e in manifest.extras]
+    assert files == ["layout.json", "disk-vda-gap.bin", "disk-vda-part1-bios-boot.bin"]
+    for extra in manifest.extras:
+        check_extra(tmp_path / "set", extra)
+        if extra.file != "layout.json":
+            assert (tmp_path / "set" / extra.file).read_bytes() == (gaps / extra.file).read_bytes()
+            assert extra.sha256 == hashlib.sha256((gaps / extra.file).read_bytes()).hexdigest()
+    assert set_layout(tmp_path / "set", manifest) == layout
+    assert json.loads((tmp_path / "set" / "layout.json").read_text())["filesystems"][1]["archive"] is None
+    with pytest.raises(CaptureError, match="two files of the set have the same name"):
+        write_set(tmp_path / "set", [("root", src)], layout=layout,
+                  extra_files=[gaps / "disk-vda-gap.bin"] * 2)  # fmt: skip
+
+
+def test_progress_counts_file_data_not_holes_nor_files(
+    captured: tuple[Path, Path, Manifest], tmp_path: Path
+) -> None:
+    src, _set_dir, _ = captured
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "big").write_bytes(os.urandom(5 << 20))
+    for i in range(500):
+        (other / f"small{i}").write_bytes(b"s" * 100)
+    seen: list[int] = []
+    names: list[str] = []
+    trees = [SetTree("root", src, ("/skip-me.tmp", "cache", "sock")), SetTree("other", other)]
+    manifest = write_set(tmp_path / "set", trees, layout=layout_of([("root", src), ("other", other)]),
+                         progress=seen.append, on_archive=lambda a: names.append(a.name))  # fmt: skip
+    assert names == ["root", "other"]
+    data = sum(r.size for r in manifest.archive("other").files if r.type == "file")
+    assert seen == sorted(seen) and seen[-1] < data + (1 << 20)  # the 1 GiB sparse file's holes: not read
+    assert seen[-1] >= data
+    assert len(seen) <= 12  # about one call per MiB: none per small file
+    assert not any(r.path in ("skip-me.tmp", "cache") for r in manifest.archive("root").files)
+
+
+def test_anchored_exclude_patterns() -> None:
+    assert excluded("tmp", ["/tmp"]) and not excluded("var/tmp", ["/tmp"]) and excluded("var/tmp", ["tmp"])
+    assert excluded("srv/sets", ["/srv/sets"]) and not excluded("a/srv/sets", ["/srv/sets"])
+    assert excluded("a[1]/b", ["/a[[]1]/b"]) and not excluded("a1/b", ["/a[[]1]/b"])

@@ -3,20 +3,12 @@ booted from SeaBIOS through its own GRUB, initramfs and LVM root to systemd's ma
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.image_fixtures import BuiltImage
-from tests.source_machine import AWKWARD_NAMES, MARKER, SourceMachine, boot_to_marker, source_machine
+from tests.source_machine import AWKWARD_NAMES, MARKER, SourceMachine, boot_to_marker
 
-pytest_plugins = ("tests.image_fixtures",)
+pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
 pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("source-machine")]
-
-
-@pytest.fixture(scope="session")
-def source(all_nics_image: BuiltImage) -> SourceMachine:
-    return source_machine(Path(f"/boot/vmlinuz-{all_nics_image.version}"), all_nics_image.path)
 
 
 def test_the_source_machine_boots_to_its_marker(source: SourceMachine) -> None:
@@ -28,4 +20,4 @@ def test_the_source_machine_boots_to_its_marker(source: SourceMachine) -> None:
     marker = next(line for line in lines if MARKER in line)
     marker = marker[marker.index(MARKER):]
     assert marker.split() == [MARKER, f"files={len(AWKWARD_NAMES)}", "colour=blue",
-                              "/srv/awkward/capped", "cap_net_raw=ep"], marker  # fmt: skip
+                              "/srv/awkward/capped", "cap_net_raw=ep", "swap=/dev/vda3"], marker  # fmt: skip

@@ -24,7 +24,8 @@ __all__ = [
     "parse_cmdline", "split_cmdline", "split_nfs_spec",
 ]  # fmt: skip
 
-MODES = ("nuke", "interactive", "compare", "expert", "probe")
+MODES = ("nuke", "interactive", "compare", "expert", "probe", "capture")
+RESTORE_THEN = ("reboot", "poweroff", "shell")
 FLAGS = ("pxe", "iso_mode", "obdr")
 # Words the kernel or other tools own: known, so not reported as unknown.
 KERNEL_WORDS = (
@@ -55,6 +56,9 @@ class BootConfig:
     url: str | None = None
     tapedev: str | None = None
     media_timeout: int | None = None  # seconds a source may wait for a device or server
+    restore_then: str | None = None  # what follows a restore: reboot (None), poweroff or shell
+    restore_set: str | None = None  # the set's directory below the medium's root, when not found alone
+    capture_to: str | None = None  # capture mode's output: server:/path, LABEL=x, UUID=x or /dev/X
     denymods: tuple[str, ...] = ()
     forcemods: tuple[str, ...] = ()
     unknown: tuple[str, ...] = ()
@@ -94,6 +98,18 @@ def split_nfs_spec(spec: str) -> tuple[str, str]:
     if not (server and colon and path.startswith("/")) or any(c in server for c in "/[] "):
         raise ValueError("expected server:/path")
     return server, path
+
+
+def parse_capture_to(value: str) -> str:
+    """`server:/path` (NFS), `LABEL=x`, `UUID=x` or `/dev/X`, optionally `...:/subdir` after a
+    label, UUID or device; ValueError otherwise."""
+    if value.startswith(("LABEL=", "UUID=", "/dev/")):
+        spec = value.split(":", 1)[0]
+        if spec in ("LABEL=", "UUID=", "/dev/"):
+            raise ValueError("expected LABEL=name, UUID=uuid or /dev/X")
+        return value
+    split_nfs_spec(value)
+    return value
 
 
 def parse_cmdline(text: str) -> BootConfig:
@@ -154,6 +170,16 @@ def parse_cmdline(text: str) -> BootConfig:
                 if not (value.isascii() and value.isdigit() and 0 < int(value) <= 3600):
                     raise ValueError("expected seconds, 1 to 3600")
                 values["media_timeout"] = int(value)
+            elif key == "restore_then" and eq:
+                if value not in RESTORE_THEN:
+                    raise ValueError(f"expected one of {', '.join(RESTORE_THEN)}")
+                values["restore_then"] = value
+            elif key == "restore_set" and eq:
+                if not value or value.startswith("/") or ".." in value.split("/"):
+                    raise ValueError("expected a directory below the medium's root, such as sets/web1")
+                values["restore_set"] = value
+            elif key == "capture_to" and eq:
+                values["capture_to"] = parse_capture_to(value)
             elif key in ("denymods", "forcemods") and eq:
                 values[key] = tuple(m.strip().replace("-", "_") for m in value.split(",") if m.strip())
             elif key in KERNEL_WORDS or "." in key:

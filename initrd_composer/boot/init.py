@@ -127,15 +127,58 @@ def run_stages(cmdline: str, t_start: float) -> None:
         f"{len(report['missing'])} devices without a driver, {report['timings']['probe_end']:.2f} s uptime")
     storage_stage(cfg, report)
     network_stage(cfg, report)
-    media_stage(cfg, report)
+    found = media_stage(cfg, report)
     emit(publish(report))
     if cfg.mode == "probe":
         power("power off")
         return
     mode = cfg.mode or "expert"
+    if mode == "nuke":
+        restore_stage(cfg, report, found)
+        return
+    if mode == "capture":
+        capture_stage(cfg, report)
+        return
     if mode != "expert":
-        log(f"mode {mode}: this image has no restore stage yet; starting the expert shell")
+        log(f"mode {mode}: this image has no {mode} stage yet; starting the expert shell")
     run_shell("expert mode")
+
+
+def restore_stage(cfg: BootConfig, report: dict[str, Any], found: Any) -> None:
+    """nuke: the restore, its `restore` section and stage line, then restore_then= (a failure or
+    a refusal: the shell, with the restore set still mounted)."""
+    from initrd_composer.boot.restore.stage import restore_detail, run_nuke  # noqa: PLC0415
+
+    section = run_nuke(found, cfg.restore_set, log)
+    report["restore"] = section
+    stage_line("restore", section["ok"], restore_detail(section))
+    emit(publish(report))
+    if not section["ok"]:
+        run_shell("the restore did not finish; `nuke` starts it over")
+        return
+    then = cfg.restore_then
+    if then == "shell":
+        run_shell("restore done (restore_then=shell)")
+        return
+    power("power off" if then == "poweroff" else "reboot")
+
+
+def capture_stage(cfg: BootConfig, report: dict[str, Any]) -> None:
+    """capture: write a restore set of this machine's disks to capture_to=, then the shell or
+    restore_then= as for a restore."""
+    from initrd_composer.boot.capture_mode import run_capture_mode  # noqa: PLC0415
+
+    section = run_capture_mode(cfg, report, log)
+    report["capture"] = section
+    stage_line("capture", section["ok"], str(section.get("detail") or section.get("error") or ""))
+    emit(publish(report))
+    if not section["ok"]:
+        run_shell("the capture did not finish")
+        return
+    if cfg.restore_then == "shell":
+        run_shell("capture done (restore_then=shell)")
+        return
+    power("power off" if cfg.restore_then == "poweroff" else "reboot")
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
+MS_BIND = 0x1000
 RB_POWER_OFF = 0x4321FEDC
 RB_AUTOBOOT = 0x01234567
 MNT_DETACH = 0x2  # umount2: detach now, free when the last user is gone

@@ -15,7 +15,13 @@ from initrd_composer.build.elf_closure import RootFS
 from initrd_composer.build.firmware_plan import firmware_search_dirs, plan_firmware
 from initrd_composer.build.host_nics import host_nic_modules
 from initrd_composer.build.icu_trim import is_icu_data_library, trimmed_icu_file
-from initrd_composer.build.image_layout import canonical_paths, init_script, skeleton_entries
+from initrd_composer.build.image_layout import (
+    SHELL_COMMANDS,
+    canonical_paths,
+    init_script,
+    shell_command_script,
+    skeleton_entries,
+)
 from initrd_composer.build.image_modules import build_manifest, index_entries, pack_modules
 from initrd_composer.build.kconfig import check_compressor, load_kernel_config
 from initrd_composer.build.kernel_locate import KernelLocation, locate_kernel
@@ -137,6 +143,8 @@ def plan_image(opts: BuildOptions) -> ImagePlan:
         *index_entries(manifest, km),
         data_entry(MANIFEST_PATH, manifest.to_json().encode()),
         data_entry("init", init_script("/" + python_path), mode=0o755, origin="boot side"),
+        *(data_entry(path, shell_command_script("/" + python_path, module), mode=0o755, origin="boot side")
+          for path, module in SHELL_COMMANDS.items()),
     ])
     warnings = [*tools.warnings, *ca_warnings]
     if firmware.missing:

@@ -54,6 +54,22 @@ main()
 """.encode()
 
 
+def shell_command_script(python_image_path: str, module: str) -> bytes:
+    """A command for the rescue shell that runs `module.main()` with the boot packages (such as
+    `nuke`, which starts a restore over after a failure)."""
+    return f"""#!{python_image_path} -IS
+# initrd-composer: runs {module}.main() (the boot side, as /init does).
+import sys
+sys.path.insert(0, {BOOT_PYTHON_DIR!r})
+from {module} import main
+sys.exit(main())
+""".encode()
+
+
+# Commands of the rescue shell: image path -> the boot-side module whose main() they run.
+SHELL_COMMANDS = {"usr/sbin/nuke": "initrd_composer.boot.restore.again"}
+
+
 def canonical_paths(entries: Iterable[Entry]) -> list[Entry]:
     """Rewrite paths that go through a top-level symlink of the image (merged /usr:
     lib -> usr/lib), so no entry is placed 'inside' a symlink."""

@@ -39,7 +39,10 @@ from initrd_composer.runner import run
 # Where the boot packages live in the image; /init (image_layout.init_script) puts it on sys.path.
 BOOT_PYTHON_DIR = "/usr/lib/initrd-composer/python"
 DEFAULT_PYTHON = Path("/usr/bin/python3")
-DEFAULT_BOOT_PACKAGES = ("pyudev", "libarchive", "module_db", "initrd_composer.boot")
+# initrd_composer.capture: the `capture` boot mode writes a restore set from the rescue system.
+DEFAULT_BOOT_PACKAGES = (
+    "pyudev", "libarchive", "module_db", "initrd_composer.boot", "initrd_composer.capture",
+)
 # dlopen()ed through ctypes.util.find_library: pyudev -> libudev, libarchive-c -> libarchive
 DEFAULT_DLOPEN_LIBRARIES = ("libudev.so.1", "libarchive.so.13")
 # GUI toolkit bridges of pyudev: never importable in the image

@@ -28,9 +28,16 @@ RESTORE_TOOLS = (
     "mkfs.xfs",
     "mkfs.btrfs",
     "mkfs.vfat",
+    "mkswap",
+    "wipefs",
     "mt",
     "mt-st",
     "ldconfig",
+    # the layout capture (capture boot mode) and the restore read what these say
+    "lsblk",
+    "blkid",
+    "dumpe2fs",
+    "xfs_db",
 )
 TOOL_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 # /init is the Python PID 1: never let busybox's init or linuxrc stand in for it.

@@ -7,6 +7,7 @@ the same pass, and the archive's own sha256 is computed as it is written. Holes 
 disk reader skips) are fed as zeros: the pax writer drops them again, and the content
 sha256 is that of the logical content, which a verifier can compute from any copy.
 Owners are numeric only (no name lookup), as the rescue image has no passwd of the machine.
+Progress costs one addition per data block and a call per MiB of data, nothing per file.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import ctypes
 import fnmatch
 import hashlib
 import os
+import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -33,11 +35,13 @@ from initrd_composer.boot.restore_set.manifest import (
     path_xattrs,
     xattr_digest,
 )
-from initrd_composer.errors import ComposeError
+from initrd_composer.capture.errors import CaptureError
 
 _BLOCK = 1 << 20
 _ZEROS_VIEW = memoryview(bytes(_BLOCK))
 _ZEROS_BUF = ctypes.create_string_buffer(_BLOCK)
+_VIEW_BYTES = 1 << 30
+_VIEW = ctypes.c_char * _VIEW_BYTES  # a window onto libarchive's buffers, never read past n
 # libarchive functions libarchive-c does not declare (hard links, descending, sparse maps).
 _lib = la_ffi.libarchive
 _lib.archive_read_disk_can_descend.argtypes = [ctypes.c_void_p]
@@ -59,11 +63,15 @@ _TYPES = {
 }
 
 
+Progress = Callable[[int], None]  # bytes of file data read so far
+
+
 @dataclass(frozen=True)
 class WrittenArchive:
     sha256: str
     size: int
     files: tuple[FileRecord, ...]
+    data_bytes: int = 0  # file data read (holes not counted)
 
 
 def zstd_options(threads: int | None = None, level: int = 3) -> str:
@@ -73,33 +81,55 @@ def zstd_options(threads: int | None = None, level: int = 3) -> str:
     return f"zstd:compression-level={level},zstd:threads={n},pax:hdrcharset=BINARY"
 
 
+class Excluder:
+    """fnmatch patterns against the path relative to the root ("var/cache/*"; as in fnmatch,
+    `*` also matches "/"); a pattern without "/" matches a name at any depth ("*.tmp",
+    "lost+found"); a leading "/" anchors a pattern at the root ("/tmp": the top-level tmp
+    only, "/srv/sets": that path, not "a/srv/sets"). Compiled into two regular expressions,
+    so a file costs two matches whatever the number of patterns."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        names = [p for p in patterns if "/" not in p]
+        paths = [p.removeprefix("/") for p in patterns if "/" in p]
+        self._name = re.compile("|".join(map(fnmatch.translate, names))) if names else None
+        self._path = re.compile("|".join(map(fnmatch.translate, paths))) if paths else None
+        self.active = bool(names or paths)
+
+    def __call__(self, rel: str) -> bool:
+        if self._path is not None and self._path.match(rel):
+            return True
+        return self._name is not None and self._name.match(rel.rpartition("/")[2]) is not None
+
+
 def excluded(rel: str, patterns: Sequence[str]) -> bool:
-    """fnmatch patterns against the path relative to the root ("var/cache/*"); a pattern
-    without "/" matches a name at any depth ("*.tmp", "lost+found")."""
-    name = rel.rpartition("/")[2]
-    return any(fnmatch.fnmatchcase(rel if "/" in p else name, p) for p in patterns)
+    """Whether `rel` (relative to the root) is excluded by `patterns` (see Excluder)."""
+    return Excluder(patterns)(rel)
 
 
 def write_archive(
-    root: Path, out: BinaryIO, *, excludes: Sequence[str] = (), threads: int | None = None
+    root: Path, out: BinaryIO, *, excludes: Sequence[str] = (), threads: int | None = None,
+    progress: Progress | None = None,
 ) -> WrittenArchive:
-    """Archive the tree at `root` (one filesystem) into the open file `out`."""
+    """Archive the tree at `root` (one filesystem) into the open file `out`. `progress` is
+    called with the bytes of file data read so far, every MiB or so and at the end."""
     sink = _HashingSink(out)
     records: list[FileRecord] = []
     try:
         with libarchive.custom_writer(sink.write, "pax", "zstd", block_size=_BLOCK,
                                       options=zstd_options(threads)) as archive, \
-                _DiskWalk(root, excludes) as walk:
+                _DiskWalk(root, excludes, progress) as walk:
             for rel, source in walk:
                 records.append(walk.write_entry(archive._pointer, rel, source))
+        if progress is not None:
+            progress(walk.data_done)
     except ArchiveError as exc:
         if sink.error is not None:
-            raise ComposeError(
+            raise CaptureError(
                 f"cannot write the archive of {root}: {sink.error.strerror}",
                 "free space on the set directory's filesystem, or choose another directory",
             ) from exc
-        raise ComposeError(f"cannot archive {root}: {exc.msg}", "check the tree is readable") from exc
-    return WrittenArchive(sink.sha256.hexdigest(), sink.size, tuple(records))
+        raise CaptureError(f"cannot archive {root}: {exc.msg}", "check the tree is readable") from exc
+    return WrittenArchive(sink.sha256.hexdigest(), sink.size, tuple(records), walk.data_done)
 
 
 class _HashingSink:
@@ -127,12 +157,15 @@ class _DiskWalk:
     source path) with the entry filled in; excluded directories are not descended into,
     mount points are archived but not entered."""
 
-    def __init__(self, root: Path, excludes: Sequence[str]) -> None:
+    def __init__(self, root: Path, excludes: Sequence[str], progress: Progress | None = None) -> None:
         self.root = os.fsencode(os.path.abspath(root))
-        self.excludes = excludes
+        self.excluder = Excluder(excludes)
         self.read_p = la_ffi.read_disk_new()
         self.entry_p = la_ffi.entry_new()
         self.first_name: dict[tuple[int, int], str] = {}  # inode -> first archived name
+        self.progress = progress
+        self.data_done = 0  # bytes of file data read
+        self.next_report = _BLOCK
 
     def __enter__(self) -> _DiskWalk:
         la_ffi.read_disk_set_behavior(self.read_p, la_flags.READDISK_NO_TRAVERSE_MOUNTS)
@@ -148,7 +181,7 @@ class _DiskWalk:
             source = la_ffi.entry_sourcepath(self.entry_p)
             rel_b = source[len(self.root):].lstrip(b"/") or b"."
             rel = name_text(rel_b)
-            if rel != "." and excluded(rel, self.excludes):
+            if rel != "." and self.excluder.active and self.excluder(rel):
                 continue
             if _lib.archive_read_disk_can_descend(self.read_p):
                 la_ffi.read_disk_descend(self.read_p)
@@ -212,11 +245,23 @@ class _DiskWalk:
         ) != la_ffi.ARCHIVE_EOF:
             done = _zeros(write_p, h, done, offset.value)
             if length.value:
-                h.update(ctypes.string_at(buff, length.value))
+                h.update(_in_place(buff.value, length.value))
                 la_ffi.write_data(write_p, buff, length.value)
                 done += length.value
+                self.data_done += length.value
+                if self.data_done >= self.next_report and self.progress is not None:
+                    self.next_report = self.data_done + _BLOCK
+                    self.progress(self.data_done)
         _zeros(write_p, h, done, size)
         return h.hexdigest()
+
+
+def _in_place(address: int | None, n: int) -> memoryview | bytes:
+    """libarchive's data block without copying it (valid until the next read_data_block),
+    through one array type (a type per length would fill ctypes' type cache)."""
+    if address is None or n > _VIEW_BYTES:
+        return ctypes.string_at(address, n) if address is not None else b""
+    return memoryview(_VIEW.from_address(address))[:n]
 
 
 def _zeros(write_p: ctypes.c_void_p, h: hashlib._Hash, start: int, end: int) -> int:

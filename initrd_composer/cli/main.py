@@ -14,7 +14,7 @@ from initrd_composer.errors import ComposeError, UsageError
 from module_db.errors import ModuleDbError
 
 PROG = "compose-initrd"
-VERBS = ("build", "ls", "explain", "deps", "match", "check", "iso", "pxe", "obdr")
+VERBS = ("build", "ls", "explain", "deps", "match", "check", "iso", "pxe", "obdr", "capture", "layout")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +85,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--modaliases", type=Path, required=True, metavar="FILE",
                    help="one modalias per line, e.g. from `cat /sys/bus/*/devices/*/modalias`")
     _media_parsers(sub)
+    from initrd_composer.cli import capture_verb  # noqa: PLC0415
+
+    capture_verb.add_parsers(sub)
     return parser
 
 
@@ -134,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = parse_args(argv)
+        if args.verb in ("capture", "layout"):
+            from initrd_composer.cli import capture_verb  # noqa: PLC0415
+
+            return capture_verb.run(args)
         from initrd_composer.cli import image_verbs as verbs  # noqa: PLC0415 - keeps --help fast
 
         return verbs.run_verb(args)

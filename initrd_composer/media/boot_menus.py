@@ -24,12 +24,15 @@ from initrd_composer.errors import ComposeError, UsageError
 # The restore stage is not built yet: until it is, its entries say what they do today
 # (probe, find the restore data, then the shell), so no menu promises a restore it cannot make.
 TITLES = {
-    "nuke": "nuke: automatic restore (not yet: finds the data, then a shell)",
+    "nuke": "nuke: erase the disks and restore automatically, verified",
     "interactive": "interactive: guided restore (not yet: finds the data, then a shell)",
     "compare": "compare: backup vs disks (not yet: finds the data, then a shell)",
     "expert": "expert: a shell with every driver loaded",
     "probe": "probe: report the hardware this image drives, then power off",
+    "capture": "capture: write a restore set of this machine to capture_to=",
 }
+# What a menu offers: `capture` only with --append capture_to= (it needs the set's target).
+MENU_MODES = tuple(m for m in MODES if m != "capture")
 DEFAULT_MODE = "interactive"  # never nuke: a forgotten CD must not wipe a machine
 DEFAULT_TIMEOUT_S = 10
 
@@ -79,8 +82,10 @@ class MenuSpec:
     title: str = "initrd-composer rescue"
 
     def __post_init__(self) -> None:
-        if self.default not in MODES:
-            raise UsageError(f"unknown default mode {self.default!r}", f"choose one of {', '.join(MODES)}")
+        if self.default not in self.modes:
+            need = "; capture needs --append capture_to=TARGET" if self.default == "capture" else ""
+            choices = ", ".join(self.modes)
+            raise UsageError(f"unknown default mode {self.default!r}", f"choose one of {choices}{need}")
         if not 0 <= self.timeout_s <= 3600:
             raise UsageError(f"menu timeout {self.timeout_s} s out of range", "give 0..3600 seconds")
         check_words(self.extra, "--append")
@@ -91,8 +96,13 @@ class MenuSpec:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        """Default first: loaders that show a list put it on top."""
-        return (self.default, *(m for m in MODES if m != self.default))
+        """Default first: loaders that show a list put it on top. `capture` only when the
+        command line names where the set goes (--append capture_to=...)."""
+        wanted = any(w.startswith("capture_to=") for w in self.extra)
+        offered = [*MENU_MODES, *(("capture",) if wanted else ())]
+        if self.default not in offered:
+            return tuple(offered)
+        return (self.default, *(m for m in offered if m != self.default))
 
 
 # menu.c32 and the libraries it links: placed beside ldlinux.c32 on every syslinux medium.

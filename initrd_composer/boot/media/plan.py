@@ -27,7 +27,10 @@ class MediaPlan:
 
 
 def media_wanted(cfg: BootConfig) -> bool:
-    """A restore mode always looks for its data; `probe` only when a media word asks."""
+    """A restore mode always looks for its data; `probe` only when a media word asks; `capture`
+    writes a restore set instead (to capture_to=), so it reads none."""
+    if cfg.mode == "capture":
+        return False
     if cfg.mode not in (None, "probe"):
         return True
     return bool(cfg.tapedev or cfg.obdr or cfg.nfsmount or cfg.netfsmount or cfg.url or cfg.iso_mode)

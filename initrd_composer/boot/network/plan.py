@@ -246,10 +246,12 @@ def _ping(cfg: BootConfig, configs: Sequence[Step]) -> Ping | None:
 
 
 def network_wanted(cfg: BootConfig) -> bool:
-    """Whether a stage needs the network: PXE, NFS or HTTP media, or any network word but
+    """Whether a stage needs the network: PXE, NFS or HTTP media, an NFS capture_to=, or any network word but
     a lone ip=off, including a mistyped one (its plan falls back to DHCP)."""
     if cfg.pxe or cfg.nfsmount or cfg.netfsmount or cfg.url or cfg.ipconf or cfg.vlans or cfg.bonds:
         return True
+    if cfg.capture_to and not cfg.capture_to.startswith(("LABEL=", "UUID=", "/dev/")):
+        return True  # an NFS capture target
     deviceless = [k for k in cfg.ip if not k.device]
     if any(k.device for k in cfg.ip) or (deviceless and deviceless[-1].method != "off"):
         return True

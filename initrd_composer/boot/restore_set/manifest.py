@@ -1,7 +1,9 @@
 """The manifest of a restore set: its records, JSON form, validation and version check.
 
 `manifest.json` is written last (by the capture side, atomically), so a set directory
-without one is an interrupted capture and is refused, never half-restored.
+without one is an interrupted capture and is refused, never half-restored. Besides the
+archives it lists the set's other files (`extras`: `layout.json` and the raw boot-code
+files), each with its sha256, and a set without `layout.json` is refused: a restore needs it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from initrd_composer.boot.restore_set import RestoreSetError
+from initrd_composer.boot.restore_set.layout import LAYOUT_NAME, load_layout
 
 FORMAT = "initrd-composer-restore-set"
 VERSION = 1
@@ -127,11 +130,42 @@ class ArchiveRecord:
 
 
 @dataclass(frozen=True)
-class Manifest:
-    archives: tuple[ArchiveRecord, ...]
+class ExtraRecord:
+    """A file of the set that is not an archive: `layout.json`, `disk-NAME-gap.bin`,
+    `disk-NAME-partN-bios-boot.bin`; its plain file name, sha256 and size."""
+
+    file: str
+    sha256: str
+    size: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "archives": [a.to_json() for a in self.archives]}
+        return {"file": self.file, "sha256": self.sha256, "size": self.size}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> ExtraRecord:
+        if not isinstance(data, dict):
+            raise _invalid(f"{where}: an extra record must be an object")
+        file = _plain_name(_field(data, "file", str, where), where)
+        return cls(file, _field(data, "sha256", str, where), _field(data, "size", int, where))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    archives: tuple[ArchiveRecord, ...]
+    extras: tuple[ExtraRecord, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "archives": [a.to_json() for a in self.archives],
+            "extras": [e.to_json() for e in self.extras],
+        }
+
+    def extra(self, file: str) -> ExtraRecord:
+        for e in self.extras:
+            if e.file == file:
+                return e
+        raise RestoreSetError(f"restore set has no file {file!r}",
+                              f"it lists: {', '.join(e.file for e in self.extras) or 'none'}")
 
     def archive(self, name: str) -> ArchiveRecord:
         for a in self.archives:
@@ -158,7 +192,14 @@ class Manifest:
             values = [getattr(a, attr) for a in records]
             if len(set(values)) != len(values):
                 raise _invalid(f"manifest: two archives have the same {attr}")
-        return cls(records)
+        extras = data.get("extras")
+        if not isinstance(extras, list):
+            raise _invalid("manifest: extras must be a list")
+        extra_records = tuple(ExtraRecord.from_json(e, f"extra {i}") for i, e in enumerate(extras))
+        files = [a.file for a in records] + [e.file for e in extra_records]
+        if len(set(files)) != len(files) or MANIFEST_NAME in files:
+            raise _invalid("manifest: two files of the set have the same name")
+        return cls(records, extra_records)
 
 
 def dumps(manifest: Manifest) -> bytes:
@@ -176,7 +217,8 @@ def loads(data: bytes) -> Manifest:
 
 def load_set(set_dir: Path) -> Manifest:
     """Read a set directory's manifest; a set without one is refused (an interrupted capture),
-    and so is one whose listed archives are not all there."""
+    and so is one whose listed archives and extras are not all there, or that has no
+    layout.json (a restore cannot recreate the disks without it)."""
     path = Path(set_dir) / MANIFEST_NAME
     try:
         data = path.read_bytes()
@@ -188,7 +230,13 @@ def load_set(set_dir: Path) -> Manifest:
     except OSError as exc:
         raise RestoreSetError(f"cannot read {path}: {exc.strerror}", "check the medium") from exc
     manifest = loads(data)
-    missing = [a.file for a in manifest.archives if not (Path(set_dir) / a.file).is_file()]
+    if LAYOUT_NAME not in (e.file for e in manifest.extras):
+        raise RestoreSetError(
+            f"restore set {set_dir} is incomplete: no {LAYOUT_NAME} in its manifest",
+            "a restore needs the machine's layout: capture it with compose-initrd capture",
+        )
+    listed = [a.file for a in manifest.archives] + [e.file for e in manifest.extras]
+    missing = [file for file in listed if not (Path(set_dir) / file).is_file()]
     if missing:
         raise RestoreSetError(
             f"restore set {set_dir} is incomplete: missing {', '.join(missing)}",
@@ -265,6 +313,43 @@ def check_archive_file(set_dir: Path, archive: ArchiveRecord) -> None:
         )
 
 
+def check_extra(set_dir: Path, record: ExtraRecord) -> None:
+    """Compare one of the set's extra files with its manifest size and sha256."""
+    path = Path(set_dir) / record.file
+    try:
+        size = path.stat().st_size
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise RestoreSetError(f"cannot read {path}: {exc.strerror}", "check the medium") from exc
+    if size != record.size or digest != record.sha256:
+        raise RestoreSetError(
+            f"{record.file} of restore set {set_dir} is corrupted: "
+            + ("its size" if size != record.size else "its sha256") + " differs from the manifest",
+            "the medium or the copy is damaged; use another copy of the restore set",
+        )
+
+
+def set_layout(set_dir: Path, manifest: Manifest) -> dict[str, Any]:
+    """The set's layout.json, its sha256 checked, its shape validated, and each filesystem's
+    `archive` (the archive holding its files, or null) naming an archive of the manifest."""
+    check_extra(set_dir, manifest.extra(LAYOUT_NAME))
+    path = Path(set_dir) / LAYOUT_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RestoreSetError(f"cannot read {path}: {exc}", "check the medium") from exc
+    layout = load_layout(text)
+    names = {a.name for a in manifest.archives}
+    for i, fs in enumerate(layout["filesystems"]):
+        if "archive" not in fs:
+            raise RestoreSetError(f"{LAYOUT_NAME}: filesystems[{i}] ({fs['device']}) has no archive key",
+                                  "the layout was not written by a capture; capture the machine again")
+        if fs["archive"] is not None and fs["archive"] not in names:
+            raise _invalid(f"{LAYOUT_NAME}: filesystem {fs['device']} names archive {fs['archive']!r}, "
+                           "which the manifest does not list")
+    return layout
+
+
 def xattr_digest(items: Iterable[tuple[bytes, bytes]]) -> str:
     """sha256 over the xattrs sorted by name: for each, name, NUL, the value's length as
     8 bytes big-endian, the value. POSIX ACLs are the system.posix_acl_* xattrs."""
@@ -274,14 +359,28 @@ def xattr_digest(items: Iterable[tuple[bytes, bytes]]) -> str:
     return h.hexdigest()
 
 
+# XFS lists its on-disk copy of the POSIX ACLs to root as these trusted xattrs; libarchive
+# neither archives nor restores them (the ACLs travel as such), so the digest leaves them out.
+XFS_ACL_XATTRS = frozenset({"trusted.SGI_ACL_FILE", "trusted.SGI_ACL_DEFAULT"})
+
+
 def path_xattrs(path: str | bytes) -> Iterator[tuple[bytes, bytes]]:
-    """A file's xattrs (not following symlinks), names and values as bytes."""
+    """A file's xattrs (not following symlinks), names and values as bytes; XFS's ACL copies
+    (XFS_ACL_XATTRS) left out, so a tree digests the same on XFS and elsewhere."""
     for name in os.listxattr(path, follow_symlinks=False):
+        if name in XFS_ACL_XATTRS:
+            continue
         try:
             value = os.getxattr(path, name, follow_symlinks=False)
         except OSError:  # vanished between list and get (e.g. a racing setfacl)
             continue
         yield os.fsencode(name), value
+
+
+def _plain_name(file: str, where: str) -> str:
+    if "/" in file or file in ("", ".", ".."):
+        raise _invalid(f"{where}: file {file!r} is not a plain file name")
+    return file
 
 
 def _invalid(message: str) -> RestoreSetError:

@@ -72,9 +72,11 @@ def stat_record(path: bytes, rel: str, st: os.stat_result, with_content: bool = 
 
 
 def compare_tree(
-    root: Path, archive: ArchiveRecord, ignored: Iterable[str] = DEFAULT_IGNORED
+    root: Path, archive: ArchiveRecord, ignored: Iterable[str] = DEFAULT_IGNORED, *, content: bool = True
 ) -> list[Mismatch]:
-    """Every difference between the tree at `root` and `archive`'s records (empty: identical)."""
+    """Every difference between the tree at `root` and `archive`'s records (empty: identical).
+    content=False compares metadata only (size and mtime still catch a rewritten file): what
+    the restore uses after its fix-ups, to list the files they changed without reading all."""
     expected = {r.path: r for r in archive.files}
     mismatches: list[Mismatch] = []
     inode_of: dict[tuple[int, int], str] = {}  # inode -> the non-hardlink record holding it
@@ -87,7 +89,7 @@ def compare_tree(
             if rel not in ignored:
                 mismatches.append(Mismatch(rel, "not in the manifest"))
             continue
-        mismatches.extend(_compare_one(full, rec, st, root_b, inode_of))
+        mismatches.extend(_compare_one(full, rec, st, root_b, inode_of, content=content))
     for rel, rec in expected.items():
         if rel not in seen and rec.type != "socket":  # sockets are not archived (pax cannot)
             mismatches.append(Mismatch(rel, "missing"))
@@ -102,7 +104,8 @@ def verify_tree(root: Path, archive: ArchiveRecord, ignored: Iterable[str] = DEF
 
 
 def _compare_one(
-    full: bytes, rec: FileRecord, st: os.stat_result, root: bytes, inode_of: dict[tuple[int, int], str]
+    full: bytes, rec: FileRecord, st: os.stat_result, root: bytes, inode_of: dict[tuple[int, int], str],
+    *, content: bool = True,
 ) -> Iterator[Mismatch]:
     inode = (st.st_dev, st.st_ino)
     fields = _FIELDS
@@ -125,8 +128,8 @@ def _compare_one(
             yield Mismatch(rec.path, f"hard-linked to {inode_of[inode]}, unlike in the manifest")
         else:
             inode_of[inode] = rec.path
-        actual = stat_record(full, rec.path, st, with_content=rec.type == "file")
-        expected = rec
+        actual = stat_record(full, rec.path, st, with_content=rec.type == "file" and content)
+        expected = rec if content else replace(rec, sha256=None)
     if actual.type != expected.type:
         yield Mismatch(rec.path, f"type {actual.type} != {expected.type}")
         return

@@ -4,20 +4,18 @@ injected; the parsing is in the sibling modules."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from initrd_composer.boot.commands import run_command
+from initrd_composer.capture.errors import CaptureError
 from initrd_composer.capture.layout import LayoutError, bootloader, filesystems, partitions, volumes
-from initrd_composer.capture.layout.document import dump_layout, new_layout
-from initrd_composer.errors import ComposeError
-from initrd_composer.runner import run
+from initrd_composer.capture.layout.document import new_layout
 
 Runner = Callable[[list[str]], str]
 ByteReader = Callable[[str, int, int], bytes]
@@ -32,9 +30,23 @@ _REFUSED_SIGNATURES = {
 }
 
 
-def run_tool(argv: list[str]) -> str:
-    """The default runner: the project's subprocess helper, stdout as text."""
-    return run(argv).stdout.decode(errors="replace")
+class ToolFailed(CaptureError):
+    """A storage tool that could not run or exited non-zero."""
+
+    def __init__(self, message: str, hint: str = "", *, started: bool = True) -> None:
+        super().__init__(message, hint)
+        self.started = started  # False: the tool is missing, which no caller may ignore
+
+
+def run_tool(argv: list[str], timeout_s: float = 120.0) -> str:
+    """The default runner: the boot side's command helper (the collector runs inside the rescue
+    image too), output as text; raises ToolFailed naming the command."""
+    result = run_command(argv, timeout_s=timeout_s, split_stderr=True)
+    if not result.ok:
+        started = not (result.returncode == -1 and result.output.startswith("cannot run"))
+        raise ToolFailed(f"command failed: {result.describe()}",
+                         "is the device readable and the tool installed?", started=started)  # fmt: skip
+    return result.output
 
 
 def read_device_bytes(path: str, offset: int, length: int) -> bytes:
@@ -66,8 +78,8 @@ def _probe(ctx: _Context, argv: list[str]) -> dict[str, str]:
     blkid is still an error: the runner says "cannot run", not "command failed"."""
     try:
         return filesystems.parse_blkid_export(ctx.runner(argv))
-    except ComposeError as exc:
-        if exc.message.startswith("command failed"):
+    except ToolFailed as exc:
+        if exc.started:
             return {}
         raise
 
@@ -150,8 +162,9 @@ def _features(ctx: _Context, fs: dict[str, Any]) -> dict[str, Any] | None:
     if kind in _EXT:
         return filesystems.parse_dumpe2fs(ctx.runner(["dumpe2fs", "-h", device]))
     if kind == "xfs":
-        # xfs_info wants a mount point; xfs_db reads the same report from the device.
-        argv = ["xfs_info", mountpoint] if mountpoint else ["xfs_db", "-r", "-c", "info", device]
+        # xfs_db reads the superblock, mounted or not (xfs_info is a shell script around it
+        # and xfs_spaceman, which the rescue image does not carry)
+        argv = ["xfs_db", "-r", "-c", "info", device]
         return filesystems.parse_xfs_info(ctx.runner(argv))
     if kind == "btrfs":
         if not mountpoint:
@@ -357,24 +370,3 @@ def collect_layout(
         ]
         + volumes.refused_volumes(groups),
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m initrd_composer.capture.layout.collect --disk /dev/sda [--disk IMAGE] [--root /]`:
-    the layout as JSON on stdout (gap bytes into --gap-dir when given)."""
-    parser = argparse.ArgumentParser(prog="collect-layout", description=main.__doc__)
-    parser.add_argument("--disk", action="append", required=True, help="block device or disk image file")
-    parser.add_argument("--root", type=Path, help="root of the captured system, for etc/fstab")
-    parser.add_argument("--gap-dir", type=Path, help="write disk-NAME-gap.bin files here")
-    args = parser.parse_args(argv)
-    try:
-        doc = collect_layout(args.disk, paths=HostPaths(source_root=args.root), gap_dir=args.gap_dir)
-    except ComposeError as exc:
-        print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
-        return 1
-    sys.stdout.write(dump_layout(doc))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

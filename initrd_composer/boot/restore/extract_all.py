@@ -1,0 +1,202 @@
+"""Steps 6 and 7 of nuke: extract every archive into its own freshly made filesystem, all
+filesystems at once, then verify each restored tree against the manifest.
+
+Each filesystem is mounted on its own directory (not yet nested under the root), so the
+extractions run side by side, one child process each (zstd decompression, the bulk of the
+work, is libarchive's, in C), and each verification walks exactly one filesystem.
+Progress: one console line per filesystem every few seconds (bytes of the archive read, of
+its size), and one when it ends.
+
+The archive's own sha256 is computed while it is read; a mismatch does not stop there: the
+tree is verified anyway, so the failure names the files the damage reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from initrd_composer.boot.restore_set import RestoreSetError
+from initrd_composer.boot.restore_set.extract import extract_stream
+from initrd_composer.boot.restore_set.manifest import ArchiveRecord
+from initrd_composer.boot.restore_set.verify import Mismatch, compare_tree
+
+PROGRESS_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    archive: ArchiveRecord
+    path: Path  # the archive file
+    dest: Path  # the mounted, empty filesystem
+
+
+@dataclass
+class ExtractResult:
+    name: str
+    entries: int = 0
+    file_bytes: int = 0  # content bytes the manifest lists
+    seconds: float = 0.0
+    verify_seconds: float = 0.0
+    error: str = ""  # extraction failed (libarchive, I/O) or the archive's sha256 differs
+    mismatches: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and not self.mismatches
+
+
+class _CountingReader:
+    """The archive file read once: hashed, counted for the progress lines."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = open(path, "rb")
+        self.sha256 = hashlib.sha256()
+        self.done = 0
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        n = self._f.readinto(buf)
+        if n:
+            self.sha256.update(memoryview(buf)[:n])
+            self.done += n
+        return n or 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self.sha256.update(data)
+        self.done += len(data)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _content_bytes(archive: ArchiveRecord) -> int:
+    return sum(r.size for r in archive.files if r.type == "file")
+
+
+def _extract_one(job: ExtractJob, log: Callable[[str], None]) -> ExtractResult:
+    result = ExtractResult(job.archive.name, file_bytes=_content_bytes(job.archive))
+    started = time.monotonic()
+    try:
+        reader = _CountingReader(job.path)
+    except OSError as exc:
+        result.error = f"cannot open {job.archive.file}: {exc.strerror}"
+        return result
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(PROGRESS_EVERY_S):
+            pct = 100 * reader.done // max(job.archive.size, 1)
+            rate = reader.done / max(time.monotonic() - started, 1e-3) / 1e6
+            log(
+                f"restore: extracting {job.archive.name}: {pct}% of {job.archive.size / 1e6:.0f} MB "
+                f"({rate:.1f} MB/s)"
+            )
+
+    ticker = threading.Thread(target=report, daemon=True)
+    ticker.start()
+    try:
+        result.entries = extract_stream(reader, job.dest, None, label=job.archive.file)
+        while reader.read(1 << 20):  # what libarchive left unread: the end-of-archive padding
+            pass
+        if reader.sha256.hexdigest() != job.archive.sha256:
+            result.error = (
+                f"archive {job.archive.file} ({job.archive.name}) is corrupted: "
+                "its sha256 differs from the manifest"
+            )
+    except RestoreSetError as exc:
+        result.error = exc.message
+    finally:
+        stop.set()
+        reader.close()
+    result.seconds = round(time.monotonic() - started, 3)
+    if result.error and "corrupted" not in result.error:
+        return result  # libarchive stopped: its message names the entry it was at
+    verify_started = time.monotonic()
+    result.mismatches = compare_tree(job.dest, job.archive)
+    result.verify_seconds = round(time.monotonic() - verify_started, 3)
+    return result
+
+
+_MAX_REPORTED = 1000  # mismatches a child sends back; more only make the report longer
+
+
+def _result_json(result: ExtractResult) -> bytes:
+    data = {k: v for k, v in result.__dict__.items() if k != "mismatches"}
+    data["mismatches"] = [[m.path, m.what] for m in result.mismatches[:_MAX_REPORTED]]
+    data["more"] = max(len(result.mismatches) - _MAX_REPORTED, 0)
+    return json.dumps(data).encode()
+
+
+def _result_of(name: str, raw: bytes, status: int) -> ExtractResult:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return ExtractResult(name, error=f"the extraction of {name} died (wait status {status})")
+    mismatches = [Mismatch(path, what) for path, what in data.pop("mismatches")]
+    if data.pop("more"):
+        mismatches.append(Mismatch("...", "more differences not shown"))
+    return ExtractResult(**data, mismatches=mismatches)
+
+
+def _fork(job: ExtractJob, log: Callable[[str], None]) -> tuple[int, int]:
+    """One child per filesystem: libarchive's disk writer works relative to the current
+    directory, which a process has only one of, so threads cannot extract side by side."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: extract and verify, send the result, never return
+        status = 0
+        try:
+            os.close(read_end)
+            try:
+                payload = _result_json(_extract_one(job, log))
+            except BaseException as exc:  # still a result: the parent must learn what failed
+                payload = _result_json(ExtractResult(job.archive.name, error=f"{type(exc).__name__}: {exc}"))
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(write_end, view) :]
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    return pid, read_end
+
+
+def extract_and_verify(jobs: Sequence[ExtractJob], log: Callable[[str], None]) -> list[ExtractResult]:
+    """Run every job, each filesystem in its own child process at the same time; results in
+    the jobs' order. Never raises for a damaged archive: the result says what went wrong."""
+    children = [_fork(job, log) for job in jobs]
+    results: list[ExtractResult | None] = []
+    for job, (pid, fd) in zip(jobs, children, strict=True):
+        chunks = []
+        with os.fdopen(fd, "rb") as pipe:
+            while chunk := pipe.read(1 << 16):
+                chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+        results.append(_result_of(job.archive.name, b"".join(chunks), status))
+    done = [r for r in results if r is not None]
+    for r in done:
+        if r.ok:
+            log(
+                f"restore: {r.name}: {r.entries} entries, {r.file_bytes / 1e6:.1f} MB extracted in "
+                f"{r.seconds:.1f} s, verified in {r.verify_seconds:.1f} s"
+            )
+    return done
+
+
+def failure_lines(results: Sequence[ExtractResult], limit: int = 20) -> list[str]:
+    """What failed, one line per archive and one per differing file (up to `limit` in all)."""
+    lines: list[str] = []
+    for r in results:
+        if r.error:
+            lines.append(f"{r.name}: {r.error}")
+        lines.extend(f"{r.name}: {m.path}: {m.what}" for m in r.mismatches)
+    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])

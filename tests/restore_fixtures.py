@@ -1,0 +1,148 @@
+"""Fixtures of the capture and restore tests: the source machine, its capture by the rescue
+image's `capture` mode onto a disk labelled CAPTURE, and an NFS server exporting that set
+(and damaged copies of it) to the restore guests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from initrd_composer.runner import run
+from tests.image_fixtures import BuiltImage
+from tests.source_machine import SourceMachine, source_machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import nfs_server
+import qemu_boot
+
+CAPTURE_DISK_BYTES = 4 << 30
+CAPTURE_TIMEOUT_S = 900.0
+PORT_WAIT_S = 120.0
+
+
+@pytest.fixture(scope="session")
+def source(all_nics_image: BuiltImage) -> SourceMachine:
+    return source_machine(Path(f"/boot/vmlinuz-{all_nics_image.version}"), all_nics_image.path)
+
+
+@dataclass(frozen=True)
+class CapturedSet:
+    set_dir: Path  # on the host: the CAPTURE disk mounted read-only
+    lines: tuple[str, ...]  # the capture boot's console
+    report: dict[str, Any]  # its hwreport with the `capture` section
+
+
+def capture_boot(
+    image: BuiltImage, source: SourceMachine, out_disk: Path, append: str = ""
+) -> qemu_boot.BootResult:
+    """Boot the rescue image in `capture` mode with the source disk (a snapshot: read only
+    anyway) and the output disk; until it powers off."""
+    devices = [
+        "-drive",
+        f"file={source.disk},format=raw,if=virtio,snapshot=on",
+        "-drive",
+        f"file={out_disk},format=raw,if=virtio",
+    ]
+    return qemu_boot.boot(
+        Path(f"/boot/vmlinuz-{image.version}"),
+        image.path,
+        f"console=ttyS0 capture capture_to=LABEL=CAPTURE restore_then=poweroff {append}".strip(),
+        devices,
+        timeout=CAPTURE_TIMEOUT_S,
+        until="power off now",
+        memory_mb=1536,
+    )
+
+
+def last_report(lines: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    import json  # noqa: PLC0415
+
+    found = [line for line in lines if line.startswith("hwreport: ")]
+    assert found, "no hwreport line:\n" + "\n".join(lines[-40:])
+    return dict(json.loads(found[-1].split(": ", 1)[1]))
+
+
+@pytest.fixture(scope="session")
+def captured(
+    all_nics_image: BuiltImage, source: SourceMachine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CapturedSet]:
+    base = tmp_path_factory.mktemp("captured")
+    out = base / "capture.img"
+    with open(out, "wb") as f:
+        f.truncate(CAPTURE_DISK_BYTES)
+    run(["mkfs.ext4", "-q", "-F", "-L", "CAPTURE", out])
+    result = capture_boot(all_nics_image, source, out)
+    lines = tuple(result.lines)
+    assert result.reason == "matched" and any("stage: capture ok" in line for line in lines), "\n".join(
+        lines[-80:]
+    )
+    mnt = base / "mnt"
+    mnt.mkdir()
+    run(["mount", "-o", "ro,loop", out, mnt])
+    try:
+        yield CapturedSet(mnt / "restore-set", lines, last_report(lines))
+    finally:
+        run(["umount", mnt], check=False)
+
+
+@dataclass(frozen=True)
+class SetExports:
+    """The good set and damaged copies, each an NFSv4 export of the server on 10.0.2.2."""
+
+    good: str  # the pseudo path of the set as captured
+    no_manifest: str  # the same set without manifest.json
+    corrupted: str  # one archive with one byte flipped
+    corrupted_archive: str  # its file name
+
+
+def _copy_linked(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
+    """A copy of a set directory made of hard links (the set's disk is read-only; links need
+    a writable filesystem, so files are copied, small ones and the archive to damage)."""
+    dst.mkdir(parents=True)
+    for entry in src.iterdir():
+        if entry.name not in skip:
+            shutil.copy2(entry, dst / entry.name)
+
+
+@pytest.fixture(scope="session")
+def set_exports(captured: CapturedSet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SetExports]:
+    base = tmp_path_factory.mktemp("exports")
+    bad = base / "no-manifest"
+    _copy_linked(captured.set_dir, bad, skip=("manifest.json",))
+    damaged = base / "corrupted"
+    _copy_linked(captured.set_dir, damaged)
+    victim = damaged / "srv.pax.zst"  # the xfs filesystem: the awkward files
+    size = victim.stat().st_size
+    with open(victim, "r+b") as f:
+        f.seek(size // 2)
+        byte = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    exports = [
+        nfs_server.Export(captured.set_dir, "/set"),
+        nfs_server.Export(bad, "/no-manifest"),
+        nfs_server.Export(damaged, "/corrupted"),
+    ]
+    with nfs_server.NfsServer(base / "nfs", exports, port_wait=PORT_WAIT_S) as server:
+        yield SetExports("/set", "/no-manifest", "/corrupted", victim.name)
+        server.check_alive()
+
+
+def blank_disk(path: Path, size: int, pattern: bytes = b"") -> Path:
+    """A sparse disk image; `pattern` written at its start and middle, so that "unchanged"
+    means something for a disk the restore must not touch."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        if pattern:
+            for offset in (0, size // 2):
+                f.seek(offset)
+                f.write(pattern)
+    os.sync()
+    return path

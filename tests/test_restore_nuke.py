@@ -1,0 +1,239 @@
+"""Capture a real Debian machine and restore it with `nuke` onto other hardware, for real.
+
+The source (tests/source_machine.py) runs on virtio-blk with an initramfs that holds only
+virtio_blk (MODULES=dep) and names its swap /dev/vda3 in fstab. The rescue image captures it
+offline (`capture capture_to=LABEL=CAPTURE`: LVM is assembled by the rescue system, the host
+kernel could not), an NFS server exports the set, and `nuke` restores it:
+
+- over PXE (iPXE ROM of an e1000e) + NFS onto an NVMe disk larger than the source's;
+- onto a smaller virtio-scsi disk that still holds every filesystem's data;
+- onto a disk too small: refused, the disk's bytes unchanged;
+- from a set whose archive has a flipped byte: the restore fails, naming what is damaged;
+- from a set without its manifest: refused before any write.
+
+Each restored disk boots from SeaBIOS through its own GRUB and rebuilt initramfs to the
+source's marker (with its swap on the new device name), and the host compares every file of
+source and target with rsync (tests/disk_trees.py), not with the project's manifest code.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.disk_trees import mounted_trees, rsync_differences, sparse_sha256
+from tests.image_fixtures import BuiltImage, compose
+from tests.restore_fixtures import CapturedSet, SetExports, blank_disk, last_report
+from tests.source_machine import AWKWARD_NAMES, MARKER, SourceMachine, boot_to_marker, marker_words
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import qemu_boot
+
+pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("source-machine")]
+
+GIB = 1 << 30
+RESTORE_TIMEOUT_S = 1500.0
+# What the restore's fix-ups may change, by design: fstab's device names, the initramfs
+# rebuilt for the new controller, GRUB's files reinstalled (modules copied anew, core.img).
+FIXUP_PATTERNS = (
+    "/etc/fstab",
+    "/boot/initrd.img-*",
+    "/boot/grub/*",
+    "/boot/grub",
+    "/var/lib/initramfs-tools/*",
+    "/boot",
+)
+# filesystem on the source disk -> its mount point, as tests/disk_trees.py names them
+TREES = {"part2": "/boot", "vg0/root": "/", "vg0/srv": "/srv"}
+
+
+# The report printed after the restore stage (the one after the media stage has no such key).
+UNTIL_REPORT = '"restore":{'
+
+
+def _nuke_append(export: str) -> str:
+    return f"console=ttyS0 nuke nfsmount=10.0.2.2:{export} ip=dhcp restore_then=poweroff media_timeout=60"
+
+
+def _restore_direct(image: BuiltImage, export: str, drive: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """A direct kernel boot of the rescue image in nuke mode (virtio-net, user networking)."""
+    net = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
+    result = qemu_boot.boot(
+        Path(f"/boot/vmlinuz-{image.version}"),
+        image.path,
+        _nuke_append(export),
+        [*drive, *net],
+        timeout=RESTORE_TIMEOUT_S,
+        until=UNTIL_REPORT,
+        memory_mb=1536,
+    )
+    lines = list(result.lines)
+    assert result.reason == "matched", "\n".join(lines[-80:])
+    return lines, dict(last_report(lines)["restore"])
+
+
+def _compare(source: Path, target: Path, changed: list[str]) -> None:
+    """Every file of every filesystem identical, both ways, but for what the fix-ups changed:
+    those files are left out; a changed directory may differ in its times only (a file was
+    written in it), nothing else."""
+    for path in changed:
+        assert any(fnmatch.fnmatch(path, p) for p in FIXUP_PATTERNS), f"the fix-ups changed {path}"
+    with mounted_trees(source) as src, mounted_trees(target) as dst:
+        assert set(src) == set(dst) == set(TREES), (sorted(src), sorted(dst))
+        for name, mount in TREES.items():
+            inside = [
+                os.path.relpath(c, mount)
+                for c in changed
+                if c == mount or c.startswith(mount.rstrip("/") + "/")
+            ]
+            if mount == "/":
+                inside = [c for c in inside if not c.startswith(("boot", "srv"))]
+            dirs = {c for c in inside if (dst[name] / c).is_dir()}
+            files = ["/" + c for c in inside if c not in dirs]
+            for a, b in ((src[name], dst[name]), (dst[name], src[name])):
+                lines = rsync_differences(a, b, files)
+                real = [line for line in lines if not _time_only(line, dirs)]
+                assert real == [], f"{mount}: {real[:20]}"
+
+
+def _time_only(line: str, dirs: set[str]) -> bool:
+    """An rsync itemized line for a directory of `dirs` whose only change is its times."""
+    flags, _, path = line.partition(" ")
+    path = path.rstrip("/") or "."
+    return flags.startswith(".d") and set(flags[2:]) <= {".", "t"} and path in dirs
+
+
+def _boots_to_marker(disk: Path, controller: tuple[str, ...], swap: str) -> None:
+    result = boot_to_marker(disk, controller=controller)
+    assert result.reason == "matched", "\n".join(result.lines[-60:])
+    assert marker_words(result) == [
+        MARKER,
+        f"files={len(AWKWARD_NAMES)}",
+        "colour=blue",
+        "/srv/awkward/capped",
+        "cap_net_raw=ep",
+        f"swap={swap}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def pxe_tree(
+    tmp_path_factory: pytest.TempPathFactory,
+    build_cache: Path,
+    all_nics_image: BuiltImage,
+    set_exports: SetExports,
+) -> Path:
+    out = tmp_path_factory.mktemp("pxe-nuke") / "tftp"
+    argv = [
+        "pxe",
+        "-o",
+        str(out),
+        "--initrd",
+        str(all_nics_image.path),
+        "--default-mode",
+        "nuke",
+        "--timeout",
+        "1",
+        "--nfs",
+        f"10.0.2.2:{set_exports.good}",
+        "--ipconf",
+        "eth0:dhcp",
+        "--append",
+        "restore_then=poweroff media_timeout=60",
+    ]
+    assert compose(argv, build_cache) == 0
+    return out
+
+
+def test_capture_wrote_a_complete_set(captured: CapturedSet) -> None:
+    capture = captured.report["capture"]
+    assert isinstance(capture, dict) and capture["ok"], capture
+    names = sorted(p.name for p in captured.set_dir.iterdir())
+    assert {"manifest.json", "layout.json", "root.pax.zst", "boot.pax.zst", "srv.pax.zst"} <= set(names), (
+        names
+    )
+
+
+def test_nuke_over_pxe_onto_a_larger_nvme_disk(pxe_tree: Path, source: SourceMachine, tmp_path: Path) -> None:
+    disk = blank_disk(tmp_path / "nvme.img", 10 * GIB)
+    devices = [
+        "-drive",
+        f"file={disk},format=raw,if=none,id=d0",
+        "-device",
+        "nvme,drive=d0,serial=NEWDISK1",
+        "-netdev",
+        f"user,id=n0,tftp={pxe_tree},bootfile=boot.ipxe",
+        "-device",
+        "e1000e,netdev=n0,bootindex=1",
+    ]
+    result = qemu_boot.boot_firmware(devices, timeout=RESTORE_TIMEOUT_S, until=UNTIL_REPORT, memory_mb=1536)
+    lines = list(result.lines)
+    assert result.reason == "matched" and any("stage: restore ok" in line for line in lines), "\n".join(
+        lines[-80:]
+    )
+    restore = dict(last_report(lines)["restore"])
+    assert [(m["source"], m["target"]) for m in restore["plan"]["mapping"]] == [("vda", "nvme0n1")]
+    assert restore["failures"] == [] and restore["verified_files"] == restore["files"] > 1000
+    assert restore["fixups"]["rewritten"]["etc/fstab"] == ["line 4: /dev/vda3 -> /dev/nvme0n1p3"]
+    _boots_to_marker(disk, ("-device", "nvme,drive=d0,serial=NEWDISK1"), "/dev/nvme0n1p3")
+    _compare(source.disk, disk, restore["fixups"]["changed"])
+
+
+def test_nuke_onto_a_smaller_virtio_scsi_disk(
+    all_nics_image: BuiltImage, set_exports: SetExports, source: SourceMachine, tmp_path: Path
+) -> None:
+    disk = blank_disk(tmp_path / "small.img", 4 * GIB)
+    controller = ("-device", "virtio-scsi-pci,id=s0", "-device", "scsi-hd,drive=d0,bus=s0.0")
+    _lines, restore = _restore_direct(
+        all_nics_image, set_exports.good, ["-drive", f"file={disk},format=raw,if=none,id=d0", *controller]
+    )
+    assert restore.get("ok"), restore
+    sizes = {p["number"]: p for p in restore["plan"]["disks"][0]["partitions"]}
+    assert sizes[4]["new_bytes"] < sizes[4]["old_bytes"]  # the LVM PV shrank with the disk
+    _boots_to_marker(disk, controller, "/dev/sda3")
+    _compare(source.disk, disk, restore["fixups"]["changed"])
+
+
+def test_a_disk_too_small_is_refused_and_left_unchanged(
+    all_nics_image: BuiltImage, set_exports: SetExports, tmp_path: Path
+) -> None:
+    disk = blank_disk(tmp_path / "tiny.img", 3 * GIB // 2, pattern=b"untouched" * 1000)
+    before = sparse_sha256(disk)
+    lines, restore = _restore_direct(
+        all_nics_image, set_exports.good, ["-drive", f"file={disk},format=raw,if=virtio"]
+    )
+    assert any("restore refused, nothing written" in line for line in lines), "\n".join(lines[-40:])
+    assert restore.get("ok") is False and "refused" in restore, restore
+    assert sparse_sha256(disk) == before
+
+
+def test_a_set_without_its_manifest_is_refused_before_any_write(
+    all_nics_image: BuiltImage, set_exports: SetExports, tmp_path: Path
+) -> None:
+    disk = blank_disk(tmp_path / "disk.img", 8 * GIB, pattern=b"untouched" * 1000)
+    before = sparse_sha256(disk)
+    lines, restore = _restore_direct(
+        all_nics_image, set_exports.no_manifest, ["-drive", f"file={disk},format=raw,if=virtio"]
+    )
+    assert "is incomplete: no manifest.json" in str(restore.get("refused")), restore
+    assert not any("restore plan:" in line for line in lines)  # refused at step 1
+    assert sparse_sha256(disk) == before
+
+
+def test_a_corrupted_archive_fails_the_restore_naming_it(
+    all_nics_image: BuiltImage, set_exports: SetExports, tmp_path: Path
+) -> None:
+    disk = blank_disk(tmp_path / "disk.img", 8 * GIB)
+    lines, restore = _restore_direct(
+        all_nics_image, set_exports.corrupted, ["-drive", f"file={disk},format=raw,if=virtio"]
+    )
+    assert restore.get("ok") is False, restore
+    failures = restore.get("failures") or [restore.get("error")]
+    assert any(set_exports.corrupted_archive in str(f) or "srv" in str(f) for f in failures), failures
+    assert "written so far" in " ".join(lines)  # it says what it had written
