@@ -392,3 +392,15 @@ def test_dos_image_with_grub_core_in_the_gap(tmp_path: Path) -> None:
         "root",
         2048 * 512,
     )
+
+
+def test_a_non_ascii_label_is_recorded_as_it_is(tmp_path: Path) -> None:
+    """blkid -o export prints such a label in M- notation; the collector asks again for it."""
+    from initrd_composer.capture.layout.collect import _Context, _probe, read_device_bytes  # noqa: PLC0415
+
+    image = tmp_path / "xfs.img"
+    run(["mkfs.xfs", "-q", "-f", "-L", "Bööt", "-d", f"file,name={image},size=300m"])
+    assert "M-" in run(["blkid", "-p", "-o", "export", image]).stdout.decode()  # the mangling, for real
+    ctx = _Context(run_tool, read_device_bytes, HostPaths())
+    probe = _probe(ctx, ["blkid", "-p", "-o", "export", str(image)])
+    assert probe["LABEL"] == "Bööt" and probe["TYPE"] == "xfs"

@@ -114,6 +114,15 @@ def read_set(set_dir: Path) -> tuple[Manifest, dict[str, Any]]:
 
 def make_plan(layout: Mapping[str, Any], set_devices: list[str]) -> RestorePlan:
     """Steps 2-3: this machine's disks, those never written, the mapping and every size."""
+    uefi = (layout.get("bootloader") or {}).get("uefi") or {}
+    if uefi.get("booted_uefi"):
+        # its files would come back, but no NVRAM boot entry: a machine that does not boot
+        # while the restore says it went well is what this stage must never produce
+        raise RestoreRefused(
+            "the saved machine booted with UEFI; this release reinstalls only BIOS GRUB",
+            "restore it from the expert shell, then install the boot loader with grub-install "
+            "--target=x86_64-efi and efibootmgr in a chroot",
+        )
     inputs = plan_inputs(layout)
     mountinfo = Path("/proc/self/mountinfo").read_text()
     swaps = Path("/proc/swaps").read_text() if Path("/proc/swaps").exists() else ""

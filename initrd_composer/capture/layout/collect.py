@@ -77,11 +77,18 @@ def _probe(ctx: _Context, argv: list[str]) -> dict[str, str]:
     """blkid export of one device; {} when blkid finds nothing (it exits 2 then). A missing
     blkid is still an error: the runner says "cannot run", not "command failed"."""
     try:
-        return filesystems.parse_blkid_export(ctx.runner(argv))
+        found = filesystems.parse_blkid_export(ctx.runner(argv))
     except ToolFailed as exc:
         if exc.started:
             return {}
         raise
+    for key in ("LABEL", "PART_ENTRY_NAME"):
+        # `-o export` prints bytes >= 0x80 in cat -v's M- notation (a non-ASCII label would
+        # come back mangled); `-o value` prints the label as it is
+        if any(mark in found.get(key, "") for mark in ("M-", "^")):
+            at = argv.index("export")
+            found[key] = ctx.runner([*argv[:at], "value", "-s", key, *argv[at + 1 :]]).rstrip("\n")
+    return found
 
 
 def _read_text(path: Path) -> str | None:
