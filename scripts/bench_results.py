@@ -13,23 +13,27 @@ from bench_common import ratio
 from bench_machine import Machine
 from bench_nfs import NfsTimings
 from bench_pxe import PxeTimings
+from bench_restore_set import RestoreSetBench
 
 TIME_TARGET = 1 / 8  # our wall time / mkinitramfs wall time
 SIZE_TARGET = 1.0  # our image size / mkinitramfs image size
 BOOT_TARGET = 1.0  # uptime at our probe end / uptime at Debian's udev coldplug+settle end
+CAPTURE_TARGET = 0.9  # at least: our capture's MB/s / tar -c --zstd's
+RESTORE_TARGET = 1.0  # at least: our restore+verify's MB/s / tar -x --zstd's
 
 
 @dataclass(frozen=True)
 class Target:
-    """A measured ratio and the limit it should stay at or under."""
+    """A measured ratio and the limit it should stay at or under (at_least: reach)."""
 
     name: str
     value: float
     limit: float
+    at_least: bool = False  # a speed ratio: the value must be the limit or more
 
     @property
     def passed(self) -> bool:
-        return self.value <= self.limit
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
 
     @property
     def verdict(self) -> str:
@@ -63,6 +67,7 @@ class Report:
     alias: AliasBench | None = None
     nfs: NfsTimings | None = None
     pxe: PxeTimings | None = None
+    restore_set: RestoreSetBench | None = None
     raw_json: str = "out/bench/bench.json"  # where report_json() goes, for the header
 
     def build(self, key: str) -> Build | None:
@@ -109,10 +114,18 @@ def boot_target(boot: BootTimings) -> Target:
     return Target("probe end / udev coldplug+settle end (guest uptime, QEMU)", boot.end_ratio, BOOT_TARGET)
 
 
+def restore_set_targets(rs: RestoreSetBench) -> tuple[Target, Target]:
+    """The issue's throughput targets, on the whole tree: MB/s of file data against GNU tar's."""
+    return (
+        Target("capture MB/s / tar -c --zstd MB/s", rs.capture_ratio, CAPTURE_TARGET, at_least=True),
+        Target("restore+verify MB/s / tar -x --zstd MB/s", rs.restore_ratio, RESTORE_TARGET, at_least=True),
+    )
+
+
 def build_report(
     kver: str, invocation: str, machine: Machine, builds: Sequence[Build], *,
     boot: BootTimings | None = None, alias: AliasBench | None = None, nfs: NfsTimings | None = None,
-    pxe: PxeTimings | None = None, notes: Sequence[str] = (),
+    pxe: PxeTimings | None = None, restore_set: RestoreSetBench | None = None, notes: Sequence[str] = (),
 ) -> Report:  # fmt: skip
     """Ratios and class comparisons from the measured builds and boots.
 
@@ -129,6 +142,8 @@ def build_report(
         found += targets(builds, mk, comparisons[0])
     if boot is not None:
         found.append(boot_target(boot))
+    if restore_set is not None:
+        found += restore_set_targets(restore_set)
     return Report(
         kernel=kver,
         invocation=invocation,
@@ -141,6 +156,7 @@ def build_report(
         alias=alias,
         nfs=nfs,
         pxe=pxe,
+        restore_set=restore_set,
     )
 
 

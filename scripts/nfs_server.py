@@ -58,13 +58,14 @@ class Export:
 
     path: Path
     pseudo: str
+    writable: bool = False  # RW: a capture writes its restore set there
 
 
 def config_text(exports: Sequence[Export], protocols: Sequence[int], recovery: Path,
                 bind: str = "127.0.0.1", port: int = NFS_PORT) -> str:  # fmt: skip
     """ganesha.conf: loopback only, no NLM/RQUOTA/UDP (nothing a guest's nolock mount needs),
-    no grace period (a fresh server answers at once), read-only exports without root squash
-    (the restore reads files owned by anyone)."""
+    no grace period (a fresh server answers at once), read-only exports (read-write when asked:
+    a capture's target) without root squash (the restore reads files owned by anyone)."""
     if not exports:
         raise ValueError("no exports")
     protos = ", ".join(str(p) for p in sorted(set(protocols)))
@@ -96,7 +97,7 @@ def config_text(exports: Sequence[Export], protocols: Sequence[int], recovery: P
             f'    Pseudo = "{export.pseudo}";',
             f"    Protocols = {protos};",
             "    Transports = TCP;",
-            "    Access_Type = RO;",
+            f"    Access_Type = {'RW' if export.writable else 'RO'};",
             "    Squash = No_Root_Squash;",
             "    SecType = sys;",
             "    FSAL { Name = VFS; }",

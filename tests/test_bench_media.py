@@ -191,7 +191,8 @@ def test_cli_stages_quick_and_image() -> None:
     only = bench.parse_args(["--only", "pxe,nfs"])
     assert only.stages == ("nfs", "pxe") and bench.output_name(only) == "only-nfs-pxe"
     quick = bench.parse_args(["--quick", "--image", "x.img"])
-    assert (quick.stages, quick.boot_runs, bench.output_name(quick)) == (("nfs", "pxe"), 1, "quick")
+    expected = (("nfs", "pxe", "restore-set"), 1, "quick")
+    assert (quick.stages, quick.boot_runs, bench.output_name(quick)) == expected
     assert bench.parse_args(["--quick", "--only", "boot,pxe"]).stages == ("pxe",)
     assert bench.output_name(bench.parse_args([])) is None  # BENCHMARKS.md
     assert bench.output_name(bench.parse_args(["--boot-only"])) == "boot-only"

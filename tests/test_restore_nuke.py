@@ -59,8 +59,16 @@ def _nuke_append(export: str) -> str:
     return f"console=ttyS0 nuke nfsmount=10.0.2.2:{export} ip=dhcp restore_then=poweroff media_timeout=60"
 
 
-def _restore_direct(image: BuiltImage, export: str, drive: list[str]) -> tuple[list[str], dict[str, Any]]:
-    """A direct kernel boot of the rescue image in nuke mode (virtio-net, user networking)."""
+def _restore_direct(
+    image: BuiltImage,
+    export: str,
+    drive: list[str],
+    *,
+    until: str = "",
+    replies: tuple[qemu_boot.Reply, ...] = (),
+) -> tuple[list[str], dict[str, Any]]:
+    """A direct kernel boot of the rescue image in nuke mode (virtio-net, user networking),
+    until the report after the restore stage (or `until`)."""
     net = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
     result = qemu_boot.boot(
         Path(f"/boot/vmlinuz-{image.version}"),
@@ -68,7 +76,8 @@ def _restore_direct(image: BuiltImage, export: str, drive: list[str]) -> tuple[l
         _nuke_append(export),
         [*drive, *net],
         timeout=RESTORE_TIMEOUT_S,
-        until=UNTIL_REPORT,
+        until=until or UNTIL_REPORT,
+        replies=replies,
         memory_mb=1536,
     )
     lines = list(result.lines)
@@ -234,11 +243,22 @@ def test_a_set_without_its_manifest_is_refused_before_any_write(
 def test_a_corrupted_archive_fails_the_restore_naming_it(
     all_nics_image: BuiltImage, set_exports: SetExports, tmp_path: Path
 ) -> None:
+    """The failure names the damage and what was written; `nuke` typed in the shell that
+    follows starts over from step 1 on the disks the first run wrote (their volume group
+    active), and fails the same way."""
     disk = blank_disk(tmp_path / "disk.img", 8 * GIB)
+    again = qemu_boot.Reply("the restore did not finish", "nuke; echo AGAIN-$((40+2))\n")
     lines, restore = _restore_direct(
-        all_nics_image, set_exports.corrupted, ["-drive", f"file={disk},format=raw,if=virtio"]
-    )
+        all_nics_image, set_exports.corrupted, ["-drive", f"file={disk},format=raw,if=virtio"],
+        until="AGAIN-42", replies=(again,),
+    )  # fmt: skip
     assert restore.get("ok") is False, restore
     failures = restore.get("failures") or [restore.get("error")]
     assert any(set_exports.corrupted_archive in str(f) or "srv" in str(f) for f in failures), failures
     assert "written so far" in " ".join(lines)  # it says what it had written
+    stages = [line for line in lines if line.startswith("stage: restore ")]
+    assert len(stages) == 2 and all(
+        line.startswith("stage: restore failed verification failed: srv") for line in stages
+    ), stages
+    plans = [line for line in lines if "restore plan: vda" in line]
+    assert len(plans) == 2, plans  # the second run planned and wrote everything again

@@ -71,4 +71,6 @@ def base_environment() -> None:
     os.environ.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     os.environ.setdefault("HOME", "/root")
     os.environ.setdefault("TERM", "linux")
+    # Interactive shells read $ENV: the rescue shell's PATH, prompt and commands (/etc/profile)
+    os.environ.setdefault("ENV", "/etc/profile")
     os.umask(0o022)

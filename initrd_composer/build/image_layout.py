@@ -67,7 +67,8 @@ sys.exit(main())
 
 
 # Commands of the rescue shell: image path -> the boot-side module whose main() they run.
-SHELL_COMMANDS = {"usr/sbin/nuke": "initrd_composer.boot.restore.again"}
+# (`nuke` in the shell is a function of /etc/profile that runs initrd-composer-nuke.)
+SHELL_COMMANDS = {"usr/sbin/initrd-composer-nuke": "initrd_composer.boot.restore.again"}
 
 
 def canonical_paths(entries: Iterable[Entry]) -> list[Entry]:

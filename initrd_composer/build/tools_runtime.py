@@ -40,8 +40,9 @@ RESTORE_TOOLS = (
     "xfs_db",
 )
 TOOL_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
-# /init is the Python PID 1: never let busybox's init or linuxrc stand in for it.
-SKIPPED_APPLETS = ("linuxrc", "init")
+# /init is the Python PID 1: never let busybox's init or linuxrc stand in for it; `nuke` is
+# the rescue shell's restore command, not busybox's directory remover.
+SKIPPED_APPLETS = ("linuxrc", "init", "nuke")
 
 _APPLET_CACHE: dict[tuple[str, int, int], list[str]] = {}
 
