@@ -111,7 +111,9 @@ def _copy_linked(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
             shutil.copy2(entry, dst / entry.name)
 
 
-@pytest.fixture(scope="session")
+# module scope: the server holds port 2049 only while the restore tests run; the other NFS
+# tests (same xdist group, same worker) start their own servers on it
+@pytest.fixture(scope="module")
 def set_exports(captured: CapturedSet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SetExports]:
     base = tmp_path_factory.mktemp("exports")
     bad = base / "no-manifest"

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import qemu_boot
 
 pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("source-machine")]
+# With the NFS tests: one ganesha owns port 2049 at a time.
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("nfs")]
 
 GIB = 1 << 30
 RESTORE_TIMEOUT_S = 1500.0

@@ -8,7 +8,8 @@ import pytest
 from tests.source_machine import AWKWARD_NAMES, MARKER, SourceMachine, boot_to_marker
 
 pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("source-machine")]
+# With the NFS tests: one ganesha owns port 2049 at a time.
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("nfs")]
 
 
 def test_the_source_machine_boots_to_its_marker(source: SourceMachine) -> None:
