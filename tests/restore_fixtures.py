@@ -24,7 +24,8 @@ import qemu_boot
 
 CAPTURE_DISK_BYTES = 4 << 30
 CAPTURE_TIMEOUT_S = 900.0
-PORT_WAIT_S = 120.0
+# The NFS tests hold port 2049 a module at a time, on the other worker: wait for them.
+PORT_WAIT_S = 1200.0
 
 
 @pytest.fixture(scope="session")
@@ -111,10 +112,11 @@ def _copy_linked(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
             shutil.copy2(entry, dst / entry.name)
 
 
-# module scope: the server holds port 2049 only while the restore tests run; the other NFS
-# tests (same xdist group, same worker) start their own servers on it
-@pytest.fixture(scope="module")
-def set_exports(captured: CapturedSet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SetExports]:
+@pytest.fixture(scope="session")
+def export_dirs(
+    captured: CapturedSet, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[nfs_server.Export]]:
+    """The damaged copies of the set, made once; (base, exports)."""
     base = tmp_path_factory.mktemp("exports")
     bad = base / "no-manifest"
     _copy_linked(captured.set_dir, bad, skip=("manifest.json",))
@@ -127,13 +129,25 @@ def set_exports(captured: CapturedSet, tmp_path_factory: pytest.TempPathFactory)
         byte = f.read(1)
         f.seek(size // 2)
         f.write(bytes([byte[0] ^ 0xFF]))
-    exports = [
-        nfs_server.Export(captured.set_dir, "/set"),
+    exports: list[nfs_server.Export] = [
+        nfs_server.Export(captured.set_dir, GOOD_EXPORT),
         nfs_server.Export(bad, "/no-manifest"),
         nfs_server.Export(damaged, "/corrupted"),
     ]
-    with nfs_server.NfsServer(base / "nfs", exports, port_wait=PORT_WAIT_S) as server:
-        yield SetExports("/set", "/no-manifest", "/corrupted", victim.name)
+    return base, exports
+
+
+GOOD_EXPORT = "/set"
+
+
+# Function scope: the server owns port 2049 only while one test runs. The NFS tests of other
+# modules (same xdist group, so the same worker, possibly interleaved with these) start their
+# own servers on it; one held across tests made them, or these, wait and fail.
+@pytest.fixture
+def set_exports(export_dirs: tuple[Path, list[nfs_server.Export]], tmp_path: Path) -> Iterator[SetExports]:
+    _base, exports = export_dirs
+    with nfs_server.NfsServer(tmp_path / "nfs", exports, port_wait=PORT_WAIT_S) as server:
+        yield SetExports(GOOD_EXPORT, "/no-manifest", "/corrupted", "srv.pax.zst")
         server.check_alive()
 
 

@@ -22,7 +22,7 @@ import nfs_server
 import qemu_boot
 
 pytest_plugins = ("tests.image_fixtures",)
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("nfs")]
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("source-machine")]
 
 ROOT_UUID = "0b5e7a3c-2d41-4f6e-9a8b-1c2d3e4f5a60"
 MIB = 1 << 20
@@ -53,7 +53,7 @@ def test_capture_to_an_nfs_export(all_nics_image: BuiltImage, tmp_path: Path) ->
     export = tmp_path / "export"
     export.mkdir()
     server = nfs_server.NfsServer(tmp_path / "nfs", [nfs_server.Export(export, "/capture", writable=True)],
-                                  port_wait=120)  # fmt: skip
+                                  port_wait=1200)  # fmt: skip
     with server:
         result = qemu_boot.boot(
             Path(f"/boot/vmlinuz-{all_nics_image.version}"), all_nics_image.path,

@@ -28,15 +28,16 @@ import pytest
 
 from tests.disk_trees import mounted_trees, rsync_differences, sparse_sha256
 from tests.image_fixtures import BuiltImage, compose
-from tests.restore_fixtures import CapturedSet, SetExports, blank_disk, last_report
+from tests.restore_fixtures import GOOD_EXPORT, CapturedSet, SetExports, blank_disk, last_report
 from tests.source_machine import AWKWARD_NAMES, MARKER, SourceMachine, boot_to_marker, marker_words
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import qemu_boot
 
 pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
-# With the NFS tests: one ganesha owns port 2049 at a time.
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("nfs")]
+# Not with the NFS tests: their module-scoped server would block these in the same worker;
+# across workers the port lock makes the two take turns (see restore_fixtures.PORT_WAIT_S).
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("source-machine")]
 
 GIB = 1 << 30
 RESTORE_TIMEOUT_S = 1500.0
@@ -136,7 +137,6 @@ def pxe_tree(
     tmp_path_factory: pytest.TempPathFactory,
     build_cache: Path,
     all_nics_image: BuiltImage,
-    set_exports: SetExports,
 ) -> Path:
     out = tmp_path_factory.mktemp("pxe-nuke") / "tftp"
     argv = [
@@ -150,7 +150,7 @@ def pxe_tree(
         "--timeout",
         "1",
         "--nfs",
-        f"10.0.2.2:{set_exports.good}",
+        f"10.0.2.2:{GOOD_EXPORT}",
         "--ipconf",
         "eth0:dhcp",
         "--append",
@@ -169,7 +169,9 @@ def test_capture_wrote_a_complete_set(captured: CapturedSet) -> None:
     )
 
 
-def test_nuke_over_pxe_onto_a_larger_nvme_disk(pxe_tree: Path, source: SourceMachine, tmp_path: Path) -> None:
+def test_nuke_over_pxe_onto_a_larger_nvme_disk(
+    pxe_tree: Path, set_exports: SetExports, source: SourceMachine, tmp_path: Path
+) -> None:
     disk = blank_disk(tmp_path / "nvme.img", 10 * GIB)
     devices = [
         "-drive",

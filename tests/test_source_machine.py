@@ -8,8 +8,9 @@ import pytest
 from tests.source_machine import AWKWARD_NAMES, MARKER, SourceMachine, boot_to_marker
 
 pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
-# With the NFS tests: one ganesha owns port 2049 at a time.
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("nfs")]
+# Not with the NFS tests: their module-scoped server would block these in the same worker;
+# across workers the port lock makes the two take turns (see restore_fixtures.PORT_WAIT_S).
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("source-machine")]
 
 
 def test_the_source_machine_boots_to_its_marker(source: SourceMachine) -> None:
