@@ -64,8 +64,8 @@ def time_lines(t: TreeBench) -> list[str]:
                        f"{t.part('ours-restore', 'verify ' + n):.2f} s" for n in names)  # fmt: skip
     longest = max(sum(t.part("ours-restore", f"{step} {n}") for step in ("extract", "verify")) for n in names)
     return [
-        f"- Where our capture's time goes (median run): {parts} (the rest: Python's start, the layout's "
-        "tools, the read-only bind mounts, the manifest).",
+        f"- Where our capture's time goes (median run), each archive's child process side by side, as "
+        f"many at once as there are CPUs: {parts} (the rest: Python's start, the layout's tools).",
         f"- Where our restore's time goes (median run), extraction + verification per filesystem, side by "
         f"side: {per_fs}; the rest of the wall time, {t.seconds('ours-restore') - longest:.2f} s, is the "
         "start, reading the manifest and the children's start and end.",

@@ -61,6 +61,7 @@ TAR_X = ["tar", "--extract", "--same-owner", "--preserve-permissions", "--numeri
 MKFS = ["mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "lazy_itable_init=0,lazy_journal_init=0"]
 _LISTED = ["--no-recursion", "--null", "--verbatim-files-from", "-T"]  # then the NUL-separated list
 _ARCHIVED = re.compile(r"^capture: (\S+): \d+ files, .* in ([\d.]+) s$")
+_CAPTURED = re.compile(r"^captured \d+ filesystems into .*, ([\d.]+) s, [\d.]+ MB/s$")
 
 
 @dataclass(frozen=True)
@@ -374,9 +375,13 @@ def capture(tool: str, src: Path, work: Path, logs: Path) -> Run:
         shutil.rmtree(set_dir, ignore_errors=True)
         argv: list[str | Path] = [sys.executable, "-m", "initrd_composer", "capture", "--root", src]
         argv += ["-o", set_dir]
-        result, _out, err = timed(tool, argv, logs)
+        result, out, err = timed(tool, argv, logs)
         parts = {f"archive {m[1]}": float(m[2]) for m in map(_ARCHIVED.match, err.splitlines()) if m}
-        parts["layout and the rest"] = max(result.seconds - sum(parts.values()), 0.0)
+        archiving = [float(m[1]) for m in map(_CAPTURED.match, out.splitlines()) if m]
+        if not parts or not archiving:
+            raise ComposeError("the capture's log has no archive or summary lines", f"see {logs}")
+        parts["the archives and their bind mounts, side by side"] = archiving[-1]
+        parts["layout and the rest"] = max(result.seconds - archiving[-1], 0.0)
         size = sum(p.stat().st_size for p in set_dir.iterdir() if p.is_file())
         return replace(result, output_bytes=size, parts=parts)
     archive = work / f"{tool}.tar.zst"

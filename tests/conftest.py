@@ -10,6 +10,10 @@ from module_db.kernel_modules import KernelModules
 from module_db.load import load_kernel_modules
 from tests.kernel_fixtures import KernelChoice, KernelChoiceError, chosen_kernel, compressed_copy
 
+# Fixture modules that test modules also import by name: rewritten (plain asserts explained)
+# however they are first imported.
+pytest.register_assert_rewrite("tests.image_fixtures", "tests.restore_fixtures")
+
 
 @functools.cache
 def _choice() -> KernelChoice | str:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -213,16 +215,20 @@ def test_interrupted_capture_leaves_no_manifest(
     assert status == 0, err
     assert (out / MANIFEST_NAME).is_file()  # a complete set, captured again below
     real = archive_write._DiskWalk.write_entry
-    count = [0]
 
     def interrupted(self: Any, write_p: Any, rel: str, path: bytes) -> Any:
-        count[0] += 1
-        if count[0] == 50:  # in the second archive (the root has 36 entries)
-            raise KeyboardInterrupt
+        if rel == "etc":  # ^C while the root's archive is being written, in its child process:
+            os.kill(os.getppid(), signal.SIGINT)  # the terminal sends it to the capture command
+            time.sleep(60)  # (its children ignore it), which stops this one
         return real(self, write_p, rel, path)
 
     monkeypatch.setattr(archive_write._DiskWalk, "write_entry", interrupted)
-    status, _out, err = _cli(capsys, argv)
+    # ^C raises KeyboardInterrupt, as in a shell (a test runner's worker may ignore SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        status, _out, err = _cli(capsys, argv)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert status == 130 and err == "compose-initrd: error: interrupted\n"
     assert not (out / MANIFEST_NAME).exists()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no .part, no .tmp

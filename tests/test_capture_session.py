@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from initrd_composer.boot.restore_set.layout import LAYOUT_NAME
-from initrd_composer.boot.restore_set.manifest import ArchiveRecord, check_extra, load_set, set_layout
+from initrd_composer.boot.restore_set.manifest import check_extra, load_set, set_layout
+from initrd_composer.capture.archive_children import ArchiveDone
 from initrd_composer.capture.archive_write import excluded
 from initrd_composer.capture.errors import CaptureError
 from initrd_composer.capture.layout.document import new_layout
@@ -273,8 +274,8 @@ class _Seen:
     def advance(self, done_bytes: int) -> None:
         self.done.append(done_bytes)
 
-    def archived(self, record: ArchiveRecord) -> None:
-        self.archives.append(record.name)
+    def archived(self, done: ArchiveDone) -> None:
+        self.archives.append(done.record.name)
 
 
 def test_run_capture_writes_a_set_a_restore_can_read(tmp_path: Path) -> None:

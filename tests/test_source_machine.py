@@ -10,7 +10,9 @@ from tests.source_machine import AWKWARD_NAMES, MARKER, SourceMachine, boot_to_m
 pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
 # Not with the NFS tests: their module-scoped server would block these in the same worker;
 # across workers the port lock makes the two take turns (see restore_fixtures.PORT_WAIT_S).
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("source-machine")]
+# The first test to ask for the source machine builds it (mmdebstrap and an install boot, in
+# TCG): up to a quarter of an hour on CI's two busy cores.
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("source-machine"), pytest.mark.timeout(2400)]
 
 
 def test_the_source_machine_boots_to_its_marker(source: SourceMachine) -> None:

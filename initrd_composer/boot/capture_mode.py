@@ -157,8 +157,10 @@ class _Progress:
             rate = done_bytes / max(now - self.started, 1e-3) / 1e6
             self.log(f"capture: {done_bytes / 1e6:.0f} of about {self.total / 1e6:.0f} MB ({rate:.1f} MB/s)")
 
-    def archived(self, record: Any) -> None:
-        self.log(f"capture: {record.file}: {len(record.files)} files, {record.size / 1e6:.1f} MB")
+    def archived(self, done: Any) -> None:
+        record = done.record
+        self.log(f"capture: {record.file}: {len(record.files)} files, {done.data_bytes / 1e6:.1f} MB of data "
+                 f"-> {record.size / 1e6:.1f} MB in {done.seconds:.1f} s")  # fmt: skip
 
 
 def run_capture_mode(cfg: BootConfig, report: dict[str, Any], log: Log) -> dict[str, Any]:

@@ -77,13 +77,33 @@ LD_SO_CACHE = "etc/ld.so.cache"
 _ANALYSE = r"""
 import sys
 startup = sorted(sys.modules)
-import json, modulefinder, os, sysconfig, types
+import ast, json, modulefinder, os, sysconfig, types
 req = json.load(sys.stdin)
 stdlib = os.path.dirname(os.__file__) + "/"
+
+def _without_main(co, path):
+    # a module's `if __name__ == "__main__":` block never runs on import (heapq's imports
+    # doctest there, pickle's argparse)
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return co
+    def is_main(node):
+        t = node.test if isinstance(node, ast.If) else None
+        return (isinstance(t, ast.Compare) and isinstance(t.left, ast.Name) and t.left.id == "__name__"
+                and len(t.comparators) == 1 and isinstance(t.comparators[0], ast.Constant)
+                and t.comparators[0].value == "__main__")
+    if not any(is_main(n) for n in tree.body):
+        return co
+    tree.body = [n for n in tree.body if not is_main(n)]
+    return compile(tree, path, "exec")
 
 class Finder(modulefinder.ModuleFinder):
     def scan_code(self, co, m):
         if (m.__file__ or "").startswith(stdlib):
+            if co is getattr(m, "__code__", None) and m.__file__.endswith(".py"):
+                co = _without_main(co, m.__file__)
             # import-time imports only: hide functions (CO_OPTIMIZED) but keep class bodies,
             # which run on import (email.message imports email.iterators in one)
             co = co.replace(co_consts=tuple(

@@ -36,6 +36,7 @@ from initrd_composer.boot.restore_set.manifest import (
     xattr_digest,
 )
 from initrd_composer.capture.errors import CaptureError
+from initrd_composer.capture.prefetch import Prefetcher
 
 _BLOCK = 1 << 20
 _ZEROS_VIEW = memoryview(bytes(_BLOCK))
@@ -166,13 +167,23 @@ class _DiskWalk:
         self.progress = progress
         self.data_done = 0  # bytes of file data read
         self.next_report = _BLOCK
+        self.prefetch: Prefetcher | None = None
 
     def __enter__(self) -> _DiskWalk:
         la_ffi.read_disk_set_behavior(self.read_p, la_flags.READDISK_NO_TRAVERSE_MOUNTS)
         la_ffi.read_disk_open(self.read_p, self.root)
+        try:
+            device = os.stat(self.root).st_dev
+        except OSError:  # libarchive says what is wrong with the root, below
+            self.prefetch = None
+        else:
+            self.prefetch = Prefetcher(device, lambda: self.data_done)
+            self.prefetch.directory(self.root)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
         la_ffi.entry_free(self.entry_p)
         la_ffi.read_free(self.read_p)
 
@@ -185,6 +196,8 @@ class _DiskWalk:
                 continue
             if _lib.archive_read_disk_can_descend(self.read_p):
                 la_ffi.read_disk_descend(self.read_p)
+                if self.prefetch is not None:
+                    self.prefetch.directory(source)
             la_ffi.entry_copy_pathname(self.entry_p, rel_b)
             yield rel, source
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from initrd_composer.boot.restore_set.manifest import ArchiveRecord, Manifest
+from initrd_composer.boot.restore_set.manifest import Manifest
+from initrd_composer.capture.archive_children import ArchiveDone
 from initrd_composer.capture.errors import CaptureError
 from initrd_composer.capture.layout.collect import run_tool
 from initrd_composer.capture.layout.filesystems import parse_mountinfo
@@ -327,7 +328,7 @@ class CaptureProgress(Protocol):
     def advance(self, done_bytes: int) -> None:
         """Bytes of file data read so far in the whole set."""
 
-    def archived(self, record: ArchiveRecord) -> None:
+    def archived(self, done: ArchiveDone) -> None:
         """One archive is complete (the items' order)."""
 
 

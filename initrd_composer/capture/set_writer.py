@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,12 +22,13 @@ from initrd_composer.boot.restore_set.layout import LAYOUT_NAME, dump_layout
 from initrd_composer.boot.restore_set.manifest import (
     ARCHIVE_SUFFIX,
     MANIFEST_NAME,
-    ArchiveRecord,
     ExtraRecord,
     Manifest,
     dumps,
 )
-from initrd_composer.capture.archive_write import Progress, write_archive
+from initrd_composer.capture.archive_children import ArchiveDone, ArchiveJob, write_archives
+from initrd_composer.capture.archive_write import Progress
+from initrd_composer.capture.durable import durable_file, fsync_dir
 from initrd_composer.capture.errors import CaptureError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -59,15 +59,17 @@ def write_set(
     extra_files: Sequence[Path] = (),
     excludes: Sequence[str] = (),
     threads: int | None = None,
+    parallel: int | None = None,
     progress: Progress | None = None,
-    on_archive: Callable[[ArchiveRecord], None] | None = None,
+    on_archive: Callable[[ArchiveDone], None] | None = None,
 ) -> Manifest:
     """Capture each tree into `set_dir` (created if needed); return the manifest.
 
     `layout` is written as layout.json; its filesystems' `archive` keys, where present, must
     name trees. `extra_files` (the collector's disk-NAME-gap.bin, ...) are copied in by name.
-    `progress` gets the bytes of file data read so far in this set (every MiB or so);
-    `on_archive` each archive's record once it is on disk."""
+    The archives are written side by side, `parallel` at once (default: one per CPU; see
+    archive_children). `progress` gets the bytes of file data read so far in this set (a few
+    times a second); `on_archive` each archive once it is on disk, in the trees' order."""
     set_dir = Path(set_dir)
     items = [t if isinstance(t, SetTree) else SetTree(t[0], Path(t[1])) for t in trees]
     names = [t.name for t in items]
@@ -85,7 +87,7 @@ def write_set(
         raise CaptureError(f"cannot create {set_dir}: {exc.strerror}", "choose another directory") from exc
     with contextlib.suppress(FileNotFoundError):
         (set_dir / MANIFEST_NAME).unlink()
-        _fsync_dir(set_dir)
+        fsync_dir(set_dir)
     extras = [_write_durably(set_dir / LAYOUT_NAME, layout_text)]
     for source in extra_files:
         try:
@@ -93,22 +95,14 @@ def write_set(
         except OSError as exc:
             raise CaptureError(f"cannot read {source}: {exc.strerror}", "collect the layout again") from exc
         extras.append(_write_durably(set_dir / Path(source).name, data))
-    archives = []
-    base = 0
-    for tree in items:
-        report = None if progress is None else _offset(progress, base)
-        record, data_bytes = _write_one(set_dir, tree, [*excludes, *tree.excludes], threads, report)
-        base += data_bytes
-        archives.append(record)
-        if on_archive is not None:
-            on_archive(record)
+    jobs = [ArchiveJob(t.name, f, t.root, (*excludes, *t.excludes))
+            for t, f in zip(items, files, strict=True)]  # fmt: skip
+    archives = write_archives(
+        set_dir, jobs, threads=threads, parallel=parallel, progress=progress, on_archive=on_archive
+    )
     manifest = Manifest(tuple(archives), tuple(extras))
     _write_durably(set_dir / MANIFEST_NAME, dumps(manifest))
     return manifest
-
-
-def _offset(progress: Progress, base: int) -> Progress:
-    return lambda done: progress(base + done)
 
 
 def _check_layout_archives(layout: dict[str, Any], names: set[str]) -> None:
@@ -119,49 +113,8 @@ def _check_layout_archives(layout: dict[str, Any], names: set[str]) -> None:
                                "which is not captured", f"trees: {', '.join(sorted(names)) or 'none'}")
 
 
-def _write_one(
-    set_dir: Path, tree: SetTree, excludes: Sequence[str], threads: int | None, progress: Progress | None
-) -> tuple[ArchiveRecord, int]:
-    file = archive_file_name(tree.name)
-    final = set_dir / file
-    part = set_dir / f".{file}.part"
-    try:
-        with open(part, "wb") as out:
-            written = write_archive(tree.root, out, excludes=excludes, threads=threads, progress=progress)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(part, final)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            part.unlink()
-        raise CaptureError(f"cannot write {final}: {exc.strerror}", "check the set directory") from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            part.unlink()
-        raise
-    record = ArchiveRecord(tree.name, file, written.sha256, written.size, written.files)
-    return record, written.data_bytes
-
-
 def _write_durably(path: Path, data: bytes) -> ExtraRecord:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise CaptureError(f"cannot write {path}: {exc.strerror}", "check the set directory") from exc
-    _fsync_dir(path.parent)
+    with durable_file(path) as f:
+        f.write(data)
+    fsync_dir(path.parent)
     return ExtraRecord(path.name, hashlib.sha256(data).hexdigest(), len(data))
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from initrd_composer.boot.restore_set import RestoreSetError
 from initrd_composer.boot.restore_set.layout import dump_layout
-from initrd_composer.boot.restore_set.manifest import ArchiveRecord
+from initrd_composer.capture.archive_children import ArchiveDone
 from initrd_composer.capture.errors import CaptureError
 from initrd_composer.capture.layout.collect import HostPaths, collect_layout
 from initrd_composer.capture.mount_source import attach_images, mounted_machine
@@ -170,20 +169,14 @@ def _disk_plan(
 class _Lines:
     """A line per archived filesystem (stderr is not a terminal)."""
 
-    def __init__(self) -> None:
-        self.done = self.reported = 0
-        self.start = time.monotonic()
-
     def advance(self, done_bytes: int) -> None:
-        self.done = done_bytes
+        pass
 
-    def archived(self, record: ArchiveRecord) -> None:
-        now = time.monotonic()
-        data = (self.done - self.reported) / 1e6
-        line = (f"capture: {record.name}: {len(record.files)} files, {data:.1f} MB of data -> {record.file} "
-                f"({record.size / 1e6:.1f} MB) in {now - self.start:.1f} s")  # fmt: skip
+    def archived(self, done: ArchiveDone) -> None:
+        record = done.record
+        line = (f"capture: {record.name}: {len(record.files)} files, {done.data_bytes / 1e6:.1f} MB of data "
+                f"-> {record.file} ({record.size / 1e6:.1f} MB) in {done.seconds:.1f} s")  # fmt: skip
         print(line, file=sys.stderr, flush=True)
-        self.reported, self.start = self.done, now
 
 
 class _Bar:
@@ -217,7 +210,8 @@ class _Bar:
             self.progress.update(self.task, total=done_bytes)
         self.progress.update(self.task, completed=done_bytes)
 
-    def archived(self, record: ArchiveRecord) -> None:
+    def archived(self, done: ArchiveDone) -> None:
+        record = done.record
         self.index += 1
         self.progress.update(self.task, description=self._label(self.index))
         self.progress.console.print(f"{record.name}: {len(record.files)} files -> {record.file} "

@@ -3,7 +3,9 @@ filesystems at once, then verify each restored tree against the manifest.
 
 Each filesystem is mounted on its own directory (not yet nested under the root), so the
 extractions run side by side, one child process each (zstd decompression, the bulk of the
-work, is libarchive's, in C), and each verification walks exactly one filesystem.
+work, is libarchive's, in C), and each verification walks exactly one filesystem. Each
+regular file is read back and hashed by a thread as soon as it is written (content_hashes),
+so the verification after the extraction is mostly a walk comparing metadata.
 Progress: one console line per filesystem every few seconds (bytes of the archive read, of
 its size), and one when it ends.
 
@@ -22,7 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from initrd_composer.boot.child_process import fork_with_result
 from initrd_composer.boot.restore_set import RestoreSetError
+from initrd_composer.boot.restore_set.content_hashes import ContentHasher
 from initrd_composer.boot.restore_set.extract import extract_stream
 from initrd_composer.boot.restore_set.manifest import ArchiveRecord
 from initrd_composer.boot.restore_set.verify import Mismatch, compare_tree
@@ -73,6 +77,9 @@ class _CountingReader:
         self.done += len(data)
         return data
 
+    def seekable(self) -> bool:  # read once, in order: the hash must see every byte
+        return False
+
     def close(self) -> None:
         self._f.close()
 
@@ -102,8 +109,9 @@ def _extract_one(job: ExtractJob, log: Callable[[str], None]) -> ExtractResult:
 
     ticker = threading.Thread(target=report, daemon=True)
     ticker.start()
+    hasher = ContentHasher(job.dest)
     try:
-        result.entries = extract_stream(reader, job.dest, None, label=job.archive.file)
+        result.entries = extract_stream(reader, job.dest, None, label=job.archive.file, on_file=hasher.add)
         while reader.read(1 << 20):  # what libarchive left unread: the end-of-archive padding
             pass
         if reader.sha256.hexdigest() != job.archive.sha256:
@@ -116,11 +124,12 @@ def _extract_one(job: ExtractJob, log: Callable[[str], None]) -> ExtractResult:
     finally:
         stop.set()
         reader.close()
+        known = hasher.finish()
     result.seconds = round(time.monotonic() - started, 3)
     if result.error and "corrupted" not in result.error:
         return result  # libarchive stopped: its message names the entry it was at
     verify_started = time.monotonic()
-    result.mismatches = compare_tree(job.dest, job.archive)
+    result.mismatches = compare_tree(job.dest, job.archive, known=known)
     result.verify_seconds = round(time.monotonic() - verify_started, 3)
     return result
 
@@ -149,25 +158,14 @@ def _result_of(name: str, raw: bytes, status: int) -> ExtractResult:
 def _fork(job: ExtractJob, log: Callable[[str], None]) -> tuple[int, int]:
     """One child per filesystem: libarchive's disk writer works relative to the current
     directory, which a process has only one of, so threads cannot extract side by side."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: extract and verify, send the result, never return
-        status = 0
+
+    def work() -> bytes:
         try:
-            os.close(read_end)
-            try:
-                payload = _result_json(_extract_one(job, log))
-            except BaseException as exc:  # still a result: the parent must learn what failed
-                payload = _result_json(ExtractResult(job.archive.name, error=f"{type(exc).__name__}: {exc}"))
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(write_end, view) :]
-        except BaseException:
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    return pid, read_end
+            return _result_json(_extract_one(job, log))
+        except BaseException as exc:  # still a result: the parent must learn what failed
+            return _result_json(ExtractResult(job.archive.name, error=f"{type(exc).__name__}: {exc}"))
+
+    return fork_with_result(work)
 
 
 def extract_and_verify(jobs: Sequence[ExtractJob], log: Callable[[str], None]) -> list[ExtractResult]:

@@ -14,7 +14,7 @@ import ctypes
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -30,11 +30,17 @@ EXTRACT_FLAGS = (
     | 0x0020  # ACL
     | 0x0040  # FFLAGS
     | 0x0080  # XATTR
-    | 0x0100  # SECURE_SYMLINKS: never write through a symlink
     | 0x0200  # SECURE_NODOTDOT
-    | 0x1000  # SPARSE
     | 0x10000  # SECURE_NOABSOLUTEPATHS
 )
+# Never write through a symlink: libarchive checks every component of every path on disk
+# (some seven system calls an entry, a seventh of an extraction's CPU time). Onto an empty
+# filesystem, the only symlinks are those the archive made, so _SymlinkGuard checks names
+# against them instead; anywhere else libarchive's own check is on.
+SECURE_SYMLINKS = 0x0100
+# Not ARCHIVE_EXTRACT_SPARSE: that writes a file a filesystem block at a time to look for
+# zeros. Holes come back anyway: the archive's sparse map leaves gaps libarchive seeks over.
+_FRESH_NAMES = {"lost+found"}  # what a fresh mkfs leaves in a filesystem's root
 _READ_BLOCK = 1 << 20
 
 
@@ -81,10 +87,12 @@ def extract_archive(archive_path: Path, dest: Path, record: ArchiveRecord | None
 
 
 def extract_stream(
-    stream: Readable, dest: Path, record: ArchiveRecord | None = None, *, label: str = "archive"
+    stream: Readable, dest: Path, record: ArchiveRecord | None = None, *, label: str = "archive",
+    on_file: Callable[[str], None] | None = None,
 ) -> int:
     """The same from a stream read once, front to back (a tape, an HTTP body): `stream`
-    needs only readinto() and read()."""
+    needs only readinto() and read(); it is hashed only for `record`. `on_file` gets the name
+    of each regular file (not a hard link) once it is written whole (ContentHasher.add)."""
     import libarchive  # noqa: PLC0415 - lazily, see EXTRACT_FLAGS
     import libarchive.ffi as la_ffi  # noqa: PLC0415
     from libarchive.exception import ArchiveError  # noqa: PLC0415
@@ -92,21 +100,35 @@ def extract_stream(
     count = 0
     where = ""  # for messages: the entry being written, or the last one written
     root: _RootEntry | None = None
+    guard = _SymlinkGuard() if _is_fresh(dest) else None
     try:
-        reader = _HashingReader(stream)
+        reader: _HashingReader | Readable = _HashingReader(stream) if record is not None else stream
+        flags = EXTRACT_FLAGS | (0 if guard is not None else SECURE_SYMLINKS)
         with libarchive.stream_reader(reader, block_size=_READ_BLOCK) as archive, \
-                contextlib.chdir(dest), _disk_writer() as disk:
+                contextlib.chdir(dest), _disk_writer(flags) as disk:
             for entry in archive:
-                name = name_text(la_ffi.entry_pathname(entry._entry_p) or b"?")
+                entry_p = entry._entry_p
+                name = name_text(la_ffi.entry_pathname(entry_p) or b"?")
                 where = f" at {name}"
                 if name.rstrip("/") in (".", ""):
-                    root = _RootEntry(entry._entry_p)
-                _copy_entry(archive._pointer, disk, entry._entry_p)
+                    root = _RootEntry(entry_p)
+                kind = la_ffi.entry_filetype(entry_p)
+                hardlink = la_ffi.entry_hardlink(entry_p)
+                if guard is not None:
+                    guard.check(name, name_text(hardlink) if hardlink else None, symlink=kind == stat.S_IFLNK)
+                _copy_entry(archive._pointer, disk, entry_p)
+                if on_file is not None and kind == stat.S_IFREG and not hardlink:
+                    on_file(name)
                 count += 1
                 where = f" after {name}"
         if root is not None:
             root.apply(Path(dest))
-        digest = reader.drain()
+        digest = reader.drain() if isinstance(reader, _HashingReader) else ""
+    except _ThroughSymlink as exc:
+        raise RestoreSetError(
+            f"cannot extract archive {label}{where}: it would be written through the symlink {exc}",
+            "the archive is damaged or not a restore set's; use another copy of the restore set",
+        ) from None
     except ArchiveError as exc:
         raise RestoreSetError(
             f"cannot extract archive {label}{where}: {exc.msg}",
@@ -124,13 +146,51 @@ def extract_stream(
     return count
 
 
+def _is_fresh(dest: Path) -> bool:
+    try:
+        return set(os.listdir(dest)) <= _FRESH_NAMES
+    except OSError:
+        return False
+
+
+class _ThroughSymlink(Exception):
+    pass
+
+
+class _SymlinkGuard:
+    """libarchive's SECURE_SYMLINKS for an empty target, by name: an entry (or a hard link's
+    target) below a symlink the archive made is refused before it is written."""
+
+    def __init__(self) -> None:
+        self._links: set[str] = set()
+
+    def check(self, name: str, hardlink: str | None, *, symlink: bool) -> None:
+        path = _plain(name)
+        for checked in (path, _plain(hardlink) if hardlink else ""):
+            cut = checked.find("/")
+            while cut != -1:
+                if checked[:cut] in self._links:
+                    raise _ThroughSymlink(checked[:cut])
+                cut = checked.find("/", cut + 1)
+        if symlink:
+            self._links.add(path)
+        else:
+            self._links.discard(path)  # libarchive replaces what was there
+
+
+def _plain(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/")
+
+
 @contextlib.contextmanager
-def _disk_writer() -> Iterator[ctypes.c_void_p]:
+def _disk_writer(flags: int) -> Iterator[ctypes.c_void_p]:
     import libarchive.extract as la_extract  # noqa: PLC0415
     import libarchive.ffi as la_ffi  # noqa: PLC0415
 
     # Closing the disk writer applies the deferred directory metadata (times, modes).
-    with la_extract.new_archive_write_disk(EXTRACT_FLAGS) as disk:
+    with la_extract.new_archive_write_disk(flags) as disk:
         yield disk
         la_ffi.write_close(disk)
 

@@ -258,23 +258,27 @@ def name_bytes(text: str) -> bytes:
 def file_sha256(path: Path | str | bytes) -> str:
     """sha256 of a file's content, streamed in bounded memory; holes are hashed as the
     zeros they read as, without reading them (a 1 GiB sparse file costs only the hashing)."""
-    h = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            data_at, hole_at = _next_extent(fd, pos, size)
-            _hash_zeros(h, data_at - pos)
-            pos = data_at
-            while pos < hole_at:
-                chunk = os.pread(fd, min(hole_at - pos, _HASH_CHUNK), pos)
-                if not chunk:  # shrank while read: the sha256 will differ, as it should
-                    return h.hexdigest()
-                h.update(chunk)
-                pos += len(chunk)
+        return fd_sha256(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
+
+
+def fd_sha256(fd: int, size: int) -> str:
+    """The same of an open file of `size` bytes."""
+    h = hashlib.sha256()
+    pos = 0
+    while pos < size:
+        data_at, hole_at = _next_extent(fd, pos, size)
+        _hash_zeros(h, data_at - pos)
+        pos = data_at
+        while pos < hole_at:
+            chunk = os.pread(fd, min(hole_at - pos, _HASH_CHUNK), pos)
+            if not chunk:  # shrank while read: the sha256 will differ, as it should
+                return h.hexdigest()
+            h.update(chunk)
+            pos += len(chunk)
     return h.hexdigest()
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from initrd_composer.boot.restore_set import RestoreSetError
+from initrd_composer.boot.restore_set.content_hashes import KnownContent
 from initrd_composer.boot.restore_set.manifest import (
     ArchiveRecord,
     FileRecord,
@@ -58,13 +59,19 @@ class VerifyError(RestoreSetError):
         self.mismatches = mismatches
 
 
-def stat_record(path: bytes, rel: str, st: os.stat_result, with_content: bool = True) -> FileRecord:
-    """The record a file on disk would have as a non-hard-link entry."""
+def stat_record(
+    path: bytes, rel: str, st: os.stat_result, with_content: bool = True, known: KnownContent | None = None
+) -> FileRecord:
+    """The record a file on disk would have as a non-hard-link entry; `known`: its content's
+    sha256 as ContentHasher read it, used when the file has not changed since."""
     kind = _TYPES.get(stat.S_IFMT(st.st_mode), "unknown")
+    digest = None
+    if kind == "file" and with_content:
+        digest = known.sha256 if known is not None and known.stands_for(st) else file_sha256(path)
     return FileRecord(
         path=rel, type=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
         size=st.st_size if kind == "file" else 0, mtime_ns=st.st_mtime_ns,
-        sha256=file_sha256(path) if kind == "file" and with_content else None,
+        sha256=digest,
         link=name_text(os.readlink(path)) if kind == "symlink" else None,
         rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in ("char", "block") else None,
         xattr_sha256=xattr_digest(path_xattrs(path)),
@@ -72,11 +79,14 @@ def stat_record(path: bytes, rel: str, st: os.stat_result, with_content: bool = 
 
 
 def compare_tree(
-    root: Path, archive: ArchiveRecord, ignored: Iterable[str] = DEFAULT_IGNORED, *, content: bool = True
+    root: Path, archive: ArchiveRecord, ignored: Iterable[str] = DEFAULT_IGNORED, *, content: bool = True,
+    known: Mapping[str, KnownContent] | None = None,
 ) -> list[Mismatch]:
     """Every difference between the tree at `root` and `archive`'s records (empty: identical).
     content=False compares metadata only (size and mtime still catch a rewritten file): what
-    the restore uses after its fix-ups, to list the files they changed without reading all."""
+    the restore uses after its fix-ups, to list the files they changed without reading all.
+    `known`: content hashes taken during the extraction (content_hashes), by path."""
+    known = known or {}
     expected = {r.path: r for r in archive.files}
     mismatches: list[Mismatch] = []
     inode_of: dict[tuple[int, int], str] = {}  # inode -> the non-hardlink record holding it
@@ -89,7 +99,8 @@ def compare_tree(
             if rel not in ignored:
                 mismatches.append(Mismatch(rel, "not in the manifest"))
             continue
-        mismatches.extend(_compare_one(full, rec, st, root_b, inode_of, content=content))
+        found = _compare_one(full, rec, st, root_b, inode_of, content=content, known=known.get(rel))
+        mismatches.extend(found)
     for rel, rec in expected.items():
         if rel not in seen and rec.type != "socket":  # sockets are not archived (pax cannot)
             mismatches.append(Mismatch(rel, "missing"))
@@ -105,7 +116,7 @@ def verify_tree(root: Path, archive: ArchiveRecord, ignored: Iterable[str] = DEF
 
 def _compare_one(
     full: bytes, rec: FileRecord, st: os.stat_result, root: bytes, inode_of: dict[tuple[int, int], str],
-    *, content: bool = True,
+    *, content: bool = True, known: KnownContent | None = None,
 ) -> Iterator[Mismatch]:
     inode = (st.st_dev, st.st_ino)
     fields = _FIELDS
@@ -128,7 +139,7 @@ def _compare_one(
             yield Mismatch(rec.path, f"hard-linked to {inode_of[inode]}, unlike in the manifest")
         else:
             inode_of[inode] = rec.path
-        actual = stat_record(full, rec.path, st, with_content=rec.type == "file" and content)
+        actual = stat_record(full, rec.path, st, with_content=rec.type == "file" and content, known=known)
         expected = rec if content else replace(rec, sha256=None)
     if actual.type != expected.type:
         yield Mismatch(rec.path, f"type {actual.type} != {expected.type}")
