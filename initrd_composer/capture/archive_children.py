@@ -94,8 +94,10 @@ def write_archives(
     queue = list(range(len(jobs)))
     reported = 0
     last_progress = 0.0
+    interrupted = _DeferredInterrupt()
     try:
         while queue or running:
+            interrupted.check()
             while queue and len(running) < width:
                 child = _start(set_dir, jobs, queue.pop(0), threads, shared)
                 running[child.fd] = child
@@ -122,9 +124,38 @@ def write_archives(
             _stop(child, set_dir, jobs[child.index])
         raise
     finally:
+        interrupted.restore()
         sel.close()
         shared.close()
     return [results[i].record for i in range(len(jobs))]
+
+
+class _DeferredInterrupt:
+    """^C noted by a handler and raised by the loop: raised from the handler it could land in
+    an at-fork hook run as a child starts, where Python prints and drops it. Installed only
+    over Python's default handler (PID 1 ignores SIGINT, and goes on ignoring it)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous: object = None
+        try:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self.previous = signal.signal(signal.SIGINT, self._note)
+        except ValueError:  # not the main thread: signals are not ours to handle
+            pass
+
+    def _note(self, _signum: int, _frame: object) -> None:
+        self.seen = True
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.previous = None
+        self.check()
 
 
 def _start(
