@@ -11,10 +11,10 @@ import sys
 from collections.abc import Callable
 
 
-def fork_child(work: Callable[[], None], keep: tuple[int, ...]) -> int:
-    """Fork; in the child run `work` with only `keep` open (and stdin, stdout, stderr: a
-    pipe end of another helper, held open by accident, would keep that helper from ever
-    seeing the end of its input); the child's pid."""
+def fork_child(work: Callable[[], None], keep: tuple[int, ...] | None = None) -> int:
+    """Fork; in the child run `work`, with only `keep` open if given (and stdin, stdout,
+    stderr: a pipe end of another helper, held open by accident, would keep that helper from
+    ever seeing the end of its input); the child's pid."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -22,7 +22,8 @@ def fork_child(work: Callable[[], None], keep: tuple[int, ...]) -> int:
         return pid
     status = 1
     try:
-        _close_all_but(*keep)
+        if keep is not None:
+            _close_all_but(*keep)
         work()
         status = 0
     finally:
@@ -33,20 +34,14 @@ def fork_with_result(work: Callable[[], bytes]) -> tuple[int, int]:
     """Fork; the child sends what `work` returns down a pipe (`work` turns its own errors into
     a result: the parent must learn what failed). (pid, the pipe's read end)."""
     read_end, write_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        status = 0
-        try:
-            os.close(read_end)
-            view = memoryview(work())
-            while view:
-                view = view[os.write(write_end, view) :]
-        except BaseException:
-            status = 1
-        finally:
-            os._exit(status)
+
+    def send() -> None:
+        os.close(read_end)
+        view = memoryview(work())
+        while view:
+            view = view[os.write(write_end, view) :]
+
+    pid = fork_child(send)
     os.close(write_end)
     return pid, read_end
 

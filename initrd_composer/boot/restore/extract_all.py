@@ -4,7 +4,7 @@ filesystems at once, then verify each restored tree against the manifest.
 Each filesystem is mounted on its own directory (not yet nested under the root), so the
 extractions run side by side, one child process each (zstd decompression, the bulk of the
 work, is libarchive's, in C), and each verification walks exactly one filesystem. Each
-regular file is read back and hashed by a thread as soon as it is written (content_hashes),
+regular file is read back and hashed by a process as soon as it is written (content_hashes),
 so the verification after the extraction is mostly a walk comparing metadata.
 Progress: one console line per filesystem every few seconds (bytes of the archive read, of
 its size), and one when it ends.
