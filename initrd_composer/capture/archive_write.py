@@ -57,6 +57,16 @@ _lib.archive_entry_dev.argtypes = [ctypes.c_void_p]
 _lib.archive_entry_dev.restype = ctypes.c_uint64
 _lib.archive_entry_ino64.argtypes = [ctypes.c_void_p]
 _lib.archive_entry_ino64.restype = ctypes.c_int64
+_lib.archive_entry_acl_count.argtypes = [ctypes.c_void_p, ctypes.c_int]
+_lib.archive_entry_acl_count.restype = ctypes.c_int
+_lib.archive_entry_xattr_reset.argtypes = [ctypes.c_void_p]
+_lib.archive_entry_xattr_reset.restype = ctypes.c_int
+_lib.archive_entry_xattr_next.argtypes = [
+    ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_void_p),
+    ctypes.POINTER(ctypes.c_size_t),
+]
+_lib.archive_entry_xattr_next.restype = ctypes.c_int
+_ACL_ALL = 0x3F00  # ARCHIVE_ENTRY_ACL_TYPE_POSIX1E | ARCHIVE_ENTRY_ACL_TYPE_NFS4
 
 _TYPES = {
     stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFCHR: "char",
@@ -227,15 +237,20 @@ class _DiskWalk:
     ) -> FileRecord:
         e = self.entry_p
         devnode = kind in ("char", "block")
-        return FileRecord(
+        if _lib.archive_entry_acl_count(e, _ACL_ALL):
             # The mode as stat() gives it: with an ACL, libarchive's entry has the group
-            # bits of the group:: entry, while the file's (and the restored file's) are the mask.
-            path=rel, type=kind, mode=stat.S_IMODE(os.lstat(source).st_mode), uid=la_ffi.entry_uid(e),
+            # bits of the group:: entry, while the file's (and the restored file's) are the
+            # mask; the ACL's own xattrs come from the file, as libarchive keeps them apart.
+            mode, xattrs = stat.S_IMODE(os.lstat(source).st_mode), xattr_digest(path_xattrs(source))
+        else:  # the disk reader has already read both: no second lstat/listxattr per file
+            mode, xattrs = stat.S_IMODE(la_ffi.entry_mode(e)), xattr_digest(_entry_xattrs(e))
+        return FileRecord(
+            path=rel, type=kind, mode=mode, uid=la_ffi.entry_uid(e),
             gid=la_ffi.entry_gid(e), size=size,
             mtime_ns=la_ffi.entry_mtime(e) * 1_000_000_000 + la_ffi.entry_mtime_nsec(e),
             sha256=digest, link=link,
             rdev=(la_ffi.entry_rdevmajor(e), la_ffi.entry_rdevminor(e)) if devnode else None,
-            xattr_sha256=xattr_digest(path_xattrs(source)),
+            xattr_sha256=xattrs,
         )
 
     def _hardlink_target(self, kind: str, rel: str) -> str | None:
@@ -267,6 +282,19 @@ class _DiskWalk:
                     self.progress(self.data_done)
         _zeros(write_p, h, done, size)
         return h.hexdigest()
+
+
+def _entry_xattrs(entry_p: ctypes.c_void_p) -> Iterator[tuple[bytes, bytes]]:
+    """The xattrs the disk reader put in the entry (it leaves out the POSIX ACL xattrs and
+    XFS's ACL copies, which only a file with an ACL has)."""
+    if not _lib.archive_entry_xattr_reset(entry_p):
+        return
+    name, value, size = ctypes.c_char_p(), ctypes.c_void_p(), ctypes.c_size_t()
+    while _lib.archive_entry_xattr_next(
+        entry_p, ctypes.byref(name), ctypes.byref(value), ctypes.byref(size)
+    ) == 0:
+        data = ctypes.string_at(value.value, size.value) if value.value else b""
+        yield name.value or b"", data
 
 
 def _in_place(address: int | None, n: int) -> memoryview | bytes:
