@@ -7,7 +7,8 @@ Built once and cached (the recipe's hash names the files), in three steps:
 2. the disk is laid out and filled inside a QEMU guest running our own rescue image in
    `expert` mode, because this host's kernel has neither md nor device-mapper: GPT with a
    BIOS-boot partition, ext4 /boot, swap, and an LVM VG `vg0` holding an ext4 root and an
-   xfs /srv; the tarball is extracted with libarchive (the image's Python), GRUB installed
+   xfs /srv; the tarball (a read-only drive of its own, read as a raw tar stream) is
+   extracted with libarchive (the image's Python), GRUB installed
    from the new system's chroot (tools called by full path: the image's busybox would run
    its own applet for a bare `mkswap`) with a hand-written grub.cfg (grub-mkconfig's probing is
    not worth its time under TCG), and the awkward files a restore must keep are made
@@ -72,7 +73,7 @@ mount -t ext4 /dev/vg0/root /target
 mkdir -p /target/boot /target/srv
 mount -t ext4 ${D}2 /target/boot
 mount -t xfs /dev/vg0/srv /target/srv
-PYTHONPATH=/usr/lib/initrd-composer/python python3 /src/extract.py /src/root.tar /target
+PYTHONPATH=/usr/lib/initrd-composer/python python3 /src/extract.py /dev/vdc /target
 mount -o bind /dev /target/dev
 mount -t proc proc /target/proc
 mount -t sysfs sys /target/sys
@@ -185,31 +186,28 @@ def root_tarball(cache: Path = CACHE) -> Path:
     return tar
 
 
-def _helper_disk(root_tar: Path, work: Path) -> Path:
-    """An ext4 image holding the tarball and the scripts (mkfs.ext4 -d: no mount needed)."""
+def _helper_disk(work: Path) -> Path:
+    """A small ext4 image holding the scripts (mkfs.ext4 -d: no mount needed). The root
+    tarball goes to the guest as a read-only drive of its own, read as a raw tar stream."""
     tree = work / "src"
     tree.mkdir(parents=True)
-    try:
-        os.link(root_tar, tree / "root.tar")  # same filesystem: no copy of 790 MB
-    except OSError:
-        shutil.copy(root_tar, tree / "root.tar")
     (tree / "build.sh").write_text(_fill(BUILD_SH))
     (tree / "extract.py").write_text(EXTRACT_PY)
     (tree / "awkward.sh").write_text(AWKWARD_SH)
     image = work / "src.img"
-    size_mib = root_tar.stat().st_size // (1 << 20) + 128
-    run(["mkfs.ext4", "-q", "-F", "-d", tree, image, f"{size_mib}M"], timeout=600)
+    run(["mkfs.ext4", "-q", "-F", "-d", tree, image, "8M"], timeout=120)
     return image
 
 
 def build_disk(vmlinuz: Path, rescue_initrd: Path, root_tar: Path, disk: Path, work: Path) -> list[str]:
     """Lay out and fill `disk` in a guest booted from our rescue image; the console lines."""
-    helper = _helper_disk(root_tar, work)
+    helper = _helper_disk(work)
     with open(disk, "wb") as f:
         f.truncate(DISK_BYTES)
     devices = [
         "-drive", f"file={disk},format=raw,if=virtio,cache=unsafe",
         "-drive", f"file={helper},format=raw,if=virtio,readonly=on",
+        "-drive", f"file={root_tar},format=raw,if=virtio,readonly=on",  # /dev/vdc
     ]  # fmt: skip
     # the quotes keep the console's echo of this line from matching `until`
     script = ("mkdir -p /src && mount -t ext4 -o ro /dev/vdb /src && sh /src/build.sh;"
