@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,22 @@ def _choice() -> KernelChoice | str:
         return chosen_kernel()
     except KernelChoiceError as exc:
         return str(exc)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse to run when --dist loadgroup did not group: tests that share a server port or a
+    cache (xdist_group) would run side by side and fail in ways that look like bugs. pytest
+    9.2 made pytest-xdist's group suffix on node IDs a silent no-op (pytest-xdist#1386)."""
+    if not getattr(session.config.option, "loadgroup", False):  # set in xdist's workers
+        return
+    lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if lost:
+        message = (
+            f"pytest-xdist did not group {len(lost)} tests marked xdist_group (first: {lost[0]}); "
+            "install a pytest it works with (pyproject.toml pins it): scripts/setup"
+        )
+        os.write(2, f"error: {message}\n".encode())  # a worker's exception reaches no terminal
+        raise pytest.UsageError(message)
 
 
 def pytest_report_header() -> str:

@@ -25,6 +25,7 @@ Partial files never look finished: each step writes NAME.partial and renames it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -242,6 +243,13 @@ def marker_words(result: qemu_boot.BootResult) -> list[str]:
 
 def source_machine(vmlinuz: Path, rescue_initrd: Path, cache: Path = CACHE) -> SourceMachine:
     """The cached source machine, built (and booted once to its marker) if missing."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another suite on this machine builds it: wait for it
+        return _built(vmlinuz, rescue_initrd, cache)
+
+
+def _built(vmlinuz: Path, rescue_initrd: Path, cache: Path) -> SourceMachine:
     root_tar = root_tarball(cache)
     disk = cache / f"source-{recipe_key()}.img"
     if not disk.is_file():
