@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from initrd_composer.runner import run
-from tests.image_fixtures import BuiltImage
+from tests.image_fixtures import BuiltImage, compose
 from tests.source_machine import SourceMachine, source_machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -24,6 +24,10 @@ import qemu_boot
 
 CAPTURE_DISK_BYTES = 4 << 30
 CAPTURE_TIMEOUT_S = 900.0
+RESTORE_TIMEOUT_S = 1500.0
+GIB = 1 << 30
+# The report printed after the restore stage (the one after the media stage has no such key).
+UNTIL_REPORT = '"restore":{'
 # The NFS tests hold port 2049 a module at a time, on the other worker: wait for them.
 PORT_WAIT_S = 1200.0
 
@@ -162,3 +166,50 @@ def blank_disk(path: Path, size: int, pattern: bytes = b"") -> Path:
                 f.write(pattern)
     os.sync()
     return path
+
+
+@pytest.fixture(scope="session")
+def pxe_tree(
+    tmp_path_factory: pytest.TempPathFactory, build_cache: Path, all_nics_image: BuiltImage
+) -> Path:
+    """A PXE tree whose default entry is `nuke` from the good set's NFS export."""
+    out = tmp_path_factory.mktemp("pxe-nuke") / "tftp"
+    argv = ["pxe", "-o", str(out), "--initrd", str(all_nics_image.path), "--default-mode", "nuke",
+            "--timeout", "1", "--nfs", f"10.0.2.2:{GOOD_EXPORT}", "--ipconf", "eth0:dhcp",
+            "--append", "restore_then=poweroff media_timeout=60"]  # fmt: skip
+    assert compose(argv, build_cache) == 0
+    return out
+
+
+@dataclass(frozen=True)
+class RestoredDisk:
+    disk: Path  # left as the restore wrote it: later boots use snapshots, mounts are read-only
+    lines: tuple[str, ...]
+    restore: dict[str, Any]  # the report's `restore` section
+    elapsed: float
+
+
+NVME_DEVICE = ("-device", "nvme,drive=d0,serial=NEWDISK1")
+
+
+@pytest.fixture(scope="session")
+def nvme_restored(
+    pxe_tree: Path,
+    export_dirs: tuple[Path, list[nfs_server.Export]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> RestoredDisk:
+    """`nuke` over PXE (iPXE ROM of an e1000e) + NFS onto a 10 GiB NVMe disk, larger than the
+    source's: made once, for the nuke test's checks and the compare test's copy."""
+    base = tmp_path_factory.mktemp("nvme-restored")
+    disk = blank_disk(base / "nvme.img", 10 * GIB)
+    devices = ["-drive", f"file={disk},format=raw,if=none,id=d0", *NVME_DEVICE,
+               "-netdev", f"user,id=n0,tftp={pxe_tree},bootfile=boot.ipxe",
+               "-device", "e1000e,netdev=n0,bootindex=1"]  # fmt: skip
+    with nfs_server.NfsServer(base / "nfs", export_dirs[1], port_wait=PORT_WAIT_S):
+        result = qemu_boot.boot_firmware(
+            devices, timeout=RESTORE_TIMEOUT_S, until=UNTIL_REPORT, memory_mb=1536
+        )
+    lines = tuple(result.lines)
+    ok = result.reason == "matched" and any("stage: restore ok" in line for line in lines)
+    assert ok, "\n".join(lines[-80:])
+    return RestoredDisk(disk, lines, dict(last_report(lines)["restore"]), result.elapsed)

@@ -27,8 +27,18 @@ from typing import Any
 import pytest
 
 from tests.disk_trees import mounted_trees, rsync_differences, sparse_sha256
-from tests.image_fixtures import BuiltImage, compose
-from tests.restore_fixtures import GOOD_EXPORT, CapturedSet, SetExports, blank_disk, last_report
+from tests.image_fixtures import BuiltImage
+from tests.restore_fixtures import (
+    GIB,
+    NVME_DEVICE,
+    RESTORE_TIMEOUT_S,
+    UNTIL_REPORT,
+    CapturedSet,
+    RestoredDisk,
+    SetExports,
+    blank_disk,
+    last_report,
+)
 from tests.source_machine import AWKWARD_NAMES, MARKER, SourceMachine, boot_to_marker, marker_words
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -37,8 +47,6 @@ import qemu_boot
 pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
 # Not with the NFS tests: their module-scoped server would block these in the same worker;
 # across workers the port lock makes the two take turns (see restore_fixtures.PORT_WAIT_S).
-GIB = 1 << 30
-RESTORE_TIMEOUT_S = 1500.0
 # A test here boots twice in TCG (the restore, then the restored disk) and compares both
 # disks; on CI's two busy cores that is 10-20 minutes, more than the suite's default limit.
 pytestmark = [
@@ -56,10 +64,6 @@ FIXUP_PATTERNS = (
 )
 # filesystem on the source disk -> its mount point, as tests/disk_trees.py names them
 TREES = {"part2": "/boot", "vg0/root": "/", "vg0/srv": "/srv"}
-
-
-# The report printed after the restore stage (the one after the media stage has no such key).
-UNTIL_REPORT = '"restore":{'
 
 
 def _nuke_append(export: str) -> str:
@@ -137,34 +141,6 @@ def _boots_to_marker(disk: Path, controller: tuple[str, ...], swap: str) -> None
     ]
 
 
-@pytest.fixture(scope="module")
-def pxe_tree(
-    tmp_path_factory: pytest.TempPathFactory,
-    build_cache: Path,
-    all_nics_image: BuiltImage,
-) -> Path:
-    out = tmp_path_factory.mktemp("pxe-nuke") / "tftp"
-    argv = [
-        "pxe",
-        "-o",
-        str(out),
-        "--initrd",
-        str(all_nics_image.path),
-        "--default-mode",
-        "nuke",
-        "--timeout",
-        "1",
-        "--nfs",
-        f"10.0.2.2:{GOOD_EXPORT}",
-        "--ipconf",
-        "eth0:dhcp",
-        "--append",
-        "restore_then=poweroff media_timeout=60",
-    ]
-    assert compose(argv, build_cache) == 0
-    return out
-
-
 def test_capture_wrote_a_complete_set(captured: CapturedSet) -> None:
     capture = captured.report["capture"]
     assert isinstance(capture, dict) and capture["ok"], capture
@@ -174,26 +150,8 @@ def test_capture_wrote_a_complete_set(captured: CapturedSet) -> None:
     )
 
 
-def test_nuke_over_pxe_onto_a_larger_nvme_disk(
-    pxe_tree: Path, set_exports: SetExports, source: SourceMachine, tmp_path: Path
-) -> None:
-    disk = blank_disk(tmp_path / "nvme.img", 10 * GIB)
-    devices = [
-        "-drive",
-        f"file={disk},format=raw,if=none,id=d0",
-        "-device",
-        "nvme,drive=d0,serial=NEWDISK1",
-        "-netdev",
-        f"user,id=n0,tftp={pxe_tree},bootfile=boot.ipxe",
-        "-device",
-        "e1000e,netdev=n0,bootindex=1",
-    ]
-    result = qemu_boot.boot_firmware(devices, timeout=RESTORE_TIMEOUT_S, until=UNTIL_REPORT, memory_mb=1536)
-    lines = list(result.lines)
-    assert result.reason == "matched" and any("stage: restore ok" in line for line in lines), "\n".join(
-        lines[-80:]
-    )
-    restore = dict(last_report(lines)["restore"])
+def test_nuke_over_pxe_onto_a_larger_nvme_disk(nvme_restored: RestoredDisk, source: SourceMachine) -> None:
+    restore = nvme_restored.restore
     assert [(m["source"], m["target"]) for m in restore["plan"]["mapping"]] == [("vda", "nvme0n1")]
     assert restore["failures"] == [] and restore["verified_files"] == restore["files"] > 1000
     assert restore["fixups"]["rewritten"]["etc/fstab"] == ["line 4: /dev/vda3 -> /dev/nvme0n1p3"]
@@ -201,10 +159,10 @@ def test_nuke_over_pxe_onto_a_larger_nvme_disk(
     print(
         f"nuke over PXE onto nvme: restore {restore['seconds']} s",
         f"(extract+verify {restore['extract_seconds']} s,",
-        f"fix-ups {fixups} s), boot to report {result.elapsed:.0f} s",
+        f"fix-ups {fixups} s), boot to report {nvme_restored.elapsed:.0f} s",
     )
-    _boots_to_marker(disk, ("-device", "nvme,drive=d0,serial=NEWDISK1"), "/dev/nvme0n1p3")
-    _compare(source.disk, disk, restore["fixups"]["changed"])
+    _boots_to_marker(nvme_restored.disk, NVME_DEVICE, "/dev/nvme0n1p3")
+    _compare(source.disk, nvme_restored.disk, restore["fixups"]["changed"])
 
 
 def test_nuke_onto_a_smaller_virtio_scsi_disk(

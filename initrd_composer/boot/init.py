@@ -139,6 +139,9 @@ def run_stages(cmdline: str, t_start: float) -> None:
     if mode == "capture":
         capture_stage(cfg, report)
         return
+    if mode == "compare":
+        compare_stage(cfg, report, found)
+        return
     if mode != "expert":
         log(f"mode {mode}: this image has no {mode} stage yet; starting the expert shell")
     run_shell("expert mode")
@@ -161,6 +164,22 @@ def restore_stage(cfg: BootConfig, report: dict[str, Any], found: Any) -> None:
         run_shell("restore done (restore_then=shell)")
         return
     power("power off" if then == "poweroff" else "reboot")
+
+
+def compare_stage(cfg: BootConfig, report: dict[str, Any], found: Any) -> None:
+    """compare: the report of differences (nothing written), then the shell to read it, or
+    what restore_then= asks for when it is given."""
+    from initrd_composer.boot.compare.stage import COMPARE_TXT, compare_detail, run_compare  # noqa: PLC0415
+
+    section = run_compare(found, cfg.restore_set, log)
+    report["compare"] = section
+    stage_line("compare", section["ok"], compare_detail(section))
+    emit(publish(report))
+    if not section["ok"] or cfg.restore_then in (None, "shell"):
+        done = f"compare done; the report is in {COMPARE_TXT}"
+        run_shell(done if section["ok"] else "the compare did not finish")
+        return
+    power("power off" if cfg.restore_then == "poweroff" else "reboot")
 
 
 def capture_stage(cfg: BootConfig, report: dict[str, Any]) -> None:

@@ -398,7 +398,7 @@ def run_capture(
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CaptureError(f"cannot create {out_dir}: {exc.strerror}", "choose another directory") from exc
-    with _views(plan.items, Path(out_dir), runner) as views:
+    with filesystem_views([(i.name, i.path) for i in plan.items], Path(out_dir), runner) as views:
         manifest = write_set(
             out_dir, [SetTree(i.name, views[i.name], i.excludes) for i in plan.items], layout=doc,
             extra_files=extras, threads=threads, progress=advance,
@@ -411,21 +411,24 @@ def run_capture(
 
 
 @contextlib.contextmanager
-def _views(items: Sequence[CaptureItem], parent: Path, runner: Runner) -> Iterator[dict[str, Path]]:
-    """A read-only bind mount of each item's filesystem alone, in a hidden directory of the
-    set directory (readers ignore dot names; when the set lies inside a captured filesystem it
-    is excluded with it). Unmounted in reverse order, also on error; never removed recursively."""
+def filesystem_views(
+    trees: Sequence[tuple[str, Path]], parent: Path, runner: Runner = run_tool
+) -> Iterator[dict[str, Path]]:
+    """A read-only bind mount of each (name, path)'s filesystem alone, by name, in a hidden
+    directory of `parent` (for a capture the set directory: readers ignore dot names, and when
+    the set lies inside a captured filesystem it is excluded with it). Unmounted in reverse
+    order, also on error; never removed recursively."""
     scratch = Path(tempfile.mkdtemp(prefix=".capture-views-", dir=parent))
     mounted: list[Path] = []
     try:
         views = {}
-        for item in items:
-            view = scratch / item.name
+        for name, path in trees:
+            view = scratch / name
             view.mkdir()
-            runner(["mount", "--bind", str(item.path), str(view)])
+            runner(["mount", "--bind", str(path), str(view)])
             mounted.append(view)
             runner(["mount", "-o", "remount,bind,ro", str(view)])
-            views[item.name] = view
+            views[name] = view
         yield views
     finally:
         for view in reversed(mounted):
@@ -434,9 +437,9 @@ def _views(items: Sequence[CaptureItem], parent: Path, runner: Runner) -> Iterat
             except CaptureError:
                 with contextlib.suppress(CaptureError):
                     runner(["umount", "-l", str(view)])
-        for item in items:
+        for name, _path in trees:
             with contextlib.suppress(OSError):
-                (scratch / item.name).rmdir()  # rmdir only: a view still mounted stays untouched
+                (scratch / name).rmdir()  # rmdir only: a view still mounted stays untouched
         with contextlib.suppress(OSError):
             scratch.rmdir()
 

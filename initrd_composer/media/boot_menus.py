@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from initrd_composer.boot.cmdline import MODES  # the words /init reads: one list for both sides
 from initrd_composer.errors import ComposeError, UsageError
 
-# The restore stage is not built yet: until it is, its entries say what they do today
-# (probe, find the restore data, then the shell), so no menu promises a restore it cannot make.
+# Each entry says what the mode does today: `interactive` is not built yet (it finds the
+# restore data, then the shell), so no menu promises a restore it cannot make.
 TITLES = {
     "nuke": "nuke: erase the disks and restore automatically, verified",
     "interactive": "interactive: guided restore (not yet: finds the data, then a shell)",
-    "compare": "compare: backup vs disks (not yet: finds the data, then a shell)",
+    "compare": "compare: report what differs from the backup, writing nothing",
     "expert": "expert: a shell with every driver loaded",
     "probe": "probe: report the hardware this image drives, then power off",
     "capture": "capture: write a restore set of this machine to capture_to=",

@@ -258,18 +258,24 @@ def restore_detail(section: Mapping[str, Any]) -> str:
     return str(section.get("error") or section.get("refused") or "failed")
 
 
+def found_set(found: Any, restore_subdir: str | None, what: str) -> Path:
+    """The set directory on what the media stage found (`what`: "nuke restores", for the
+    message); RestoreSetError when nothing was found or the medium is a stream."""
+    if found is None:
+        raise RestoreSetError("no restore data was found", "see the media stage's lines above")
+    if found.kind in ("http", "tape"):
+        raise RestoreSetError(
+            f"{what} from a mounted set (NFS, CD, USB); {found.kind} is not supported yet",
+            "copy the set to an NFS share or a USB disk",
+        )
+    return locate_set(Path(found.path), restore_subdir)
+
+
 def run_nuke(found: Any, restore_subdir: str | None, log: Log) -> dict[str, Any]:
     """The `restore` report section of one nuke run from what the media stage found; never
     raises for a refusal or a failure (the section says which, and `ok` is False)."""
     try:
-        if found is None:
-            raise RestoreSetError("no restore data was found", "see the media stage's lines above")
-        if found.kind in ("http", "tape"):
-            raise RestoreSetError(
-                f"nuke restores from a mounted set (NFS, CD, USB); {found.kind} is not supported yet",
-                "copy the set to an NFS share or a USB disk",
-            )
-        set_dir = locate_set(Path(found.path), restore_subdir)
+        set_dir = found_set(found, restore_subdir, "nuke restores")
     except RestoreSetError as exc:
         return _refused({"ok": False, "mode": "nuke", "seconds": 0.0}, exc, log)
     set_devices = [found.source] if str(found.source).startswith("/dev/") else []
