@@ -38,6 +38,7 @@ from statistics import median
 from bench_common import MIB, log, ratio
 
 from initrd_composer.boot.restore.extract_all import ExtractJob, extract_and_verify, failure_lines
+from initrd_composer.boot.restore_set.location import SetDirectory
 from initrd_composer.boot.restore_set.manifest import load_set
 from initrd_composer.boot.restore_set.verify import compare_tree
 from initrd_composer.errors import ComposeError
@@ -164,7 +165,6 @@ def commands() -> dict[str, str]:
     }
 
 
-
 def choose_members(members: Sequence[Member], cap: int | None) -> list[Member]:
     """Every directory, link and device, and regular files spread evenly over the tree up
     to `cap` bytes of data (None: all): a file is kept while the bytes kept stay within
@@ -232,7 +232,6 @@ def host_tarball(work: Path, cap: int) -> Path:
     tarball = work / "host.tar"
     run([*TAR_C, "-f", tarball, "-C", "/", *_LISTED, listing], timeout=TIMEOUT_S)
     return tarball
-
 
 
 def _mkfs(target: Path | str, fs: Filesystem) -> None:
@@ -306,7 +305,6 @@ def fresh_filesystems(base: Path, plan: Sequence[Filesystem], *, nested: bool) -
             run(["mount", "-o", "loop", image, where])
             stack.callback(run, ["umount", where])
         yield base / "root" if nested else base
-
 
 
 def drop_caches() -> None:
@@ -427,8 +425,10 @@ def measure_tree(work: Path, tarball: Path, members: Sequence[Member], *, cap: i
     with source_machine(work, tarball, None if cap is None else chosen, plan) as src:
         filesystems = tree_filesystems(src)
         data = sum(f.data_bytes for f in filesystems)
-        log(f"restore-set {label}: {data / 1e6:.0f} MB in {sum(f.files for f in filesystems)} files, "
-            + ", ".join(f"{f.mountpoint} {f.data_bytes / 1e6:.0f} MB" for f in filesystems))
+        log(
+            f"restore-set {label}: {data / 1e6:.0f} MB in {sum(f.files for f in filesystems)} files, "
+            + ", ".join(f"{f.mountpoint} {f.data_bytes / 1e6:.0f} MB" for f in filesystems)
+        )
         for i in range(runs):
             for tool in CAPTURES:
                 done.append(capture(tool, src, work, logs))
@@ -487,12 +487,11 @@ def measure_restore_set(work: Path, runs: int, *, quick: bool = False) -> Restor
     return RestoreSetBench(source=source, commands=commands(), mkfs=mkfs, trees=trees)
 
 
-
 def restore_main(set_dir: Path, dest: Path) -> int:
     """What the restore's steps 6 and 7 do with a set: every archive at once onto
     dest/NAME, verified; prints {"parts": {...}, "failures": [...]} on stdout."""
     manifest = load_set(set_dir)
-    jobs = [ExtractJob(a, set_dir / a.file, dest / a.name) for a in manifest.archives]
+    jobs = [ExtractJob(a, SetDirectory(set_dir), dest / a.name) for a in manifest.archives]
     results = extract_and_verify(jobs, lambda line: print(line, file=sys.stderr, flush=True))
     parts = {f"{step} {r.name}": s for r in results
              for step, s in (("extract", r.seconds), ("verify", r.verify_seconds))}  # fmt: skip

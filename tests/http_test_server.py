@@ -17,6 +17,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,15 +27,19 @@ PIECE = 64 * 1024  # the server writes in pieces this size
 
 @dataclass
 class Served:
-    """A file: stored bytes, or a pattern of `generated` bytes made as it is sent."""
+    """A file: stored bytes, a pattern of `generated` bytes made as it is sent, or a file
+    on disk read as it is sent (`path`: a restore set's archives are not held in RAM)."""
 
     data: bytes = b""
     generated: int = 0
     etag: str | None = '"v1"'
     last_modified: str | None = None
+    path: Path | None = None
 
     @property
     def size(self) -> int:
+        if self.path is not None:
+            return self.path.stat().st_size
         return self.generated or len(self.data)
 
     def pieces(self, start: int, end: int) -> Iterator[bytes]:
@@ -45,6 +50,10 @@ class Served:
             stop = min(end, (block + 1) * PIECE)
             if self.generated:  # each block: its index as 8 bytes, repeated; never stored whole
                 yield (block.to_bytes(8, "little") * (PIECE // 8))[skip : skip + stop - offset]
+            elif self.path is not None:
+                with self.path.open("rb") as f:
+                    f.seek(offset)
+                    yield f.read(stop - offset)
             else:
                 yield self.data[offset:stop]
             offset = stop
@@ -69,6 +78,7 @@ class Seen:
 class Scenario:
     files: dict[str, Served] = field(default_factory=dict)
     drops: list[Drop] = field(default_factory=list)  # one per body response, in order
+    path_drops: dict[str, list[Drop]] = field(default_factory=dict)  # the same, for one path only
     redirects: dict[str, tuple[int, str]] = field(default_factory=dict)
     statuses: dict[str, list[int]] = field(default_factory=dict)  # answered first, in order
     ignore_range: bool = False
@@ -172,8 +182,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
+        path = urlsplit(self.path).path
         with sc.lock:
-            drop = sc.drops.pop(0) if sc.drops else None
+            queued = sc.path_drops.get(path)
+            drop = queued.pop(0) if queued else sc.drops.pop(0) if sc.drops else None
             if sc.etag_after_first:  # whatever comes next sees the replaced file
                 served.etag, sc.etag_after_first = sc.etag_after_first, None
         try:
@@ -242,3 +254,14 @@ def serving(scenario: Scenario, tls: ssl.SSLContext | None = None) -> Iterator[s
         thread.join(10)
 
 
+
+
+def directory_files(root: Path, prefix: str) -> dict[str, Served]:
+    """Every file of `root` (not below it) served from disk at `prefix` + its name, each
+    with its own strong ETag (what a static server sends)."""
+    files = {}
+    for entry in sorted(root.iterdir()):
+        if entry.is_file():
+            st = entry.stat()
+            files[prefix + entry.name] = Served(path=entry, etag=f'"{st.st_size:x}-{st.st_mtime_ns:x}"')
+    return files

@@ -16,7 +16,14 @@ import pytest
 
 from initrd_composer.runner import run
 from tests.image_fixtures import BuiltImage, compose
-from tests.source_machine import SourceMachine, source_machine
+from tests.source_machine import (
+    AWKWARD_NAMES,
+    MARKER,
+    SourceMachine,
+    boot_to_marker,
+    marker_words,
+    source_machine,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import nfs_server
@@ -28,6 +35,13 @@ RESTORE_TIMEOUT_S = 1500.0
 GIB = 1 << 30
 # The report printed after the restore stage (the one after the media stage has no such key).
 UNTIL_REPORT = '"restore":{'
+# A restore test: one worker for all of them (they share the source machine and its capture),
+# a restore and a marker boot in TCG each.
+RESTORE_MARKS = [
+    pytest.mark.qemu,
+    pytest.mark.xdist_group("source-machine"),
+    pytest.mark.timeout(RESTORE_TIMEOUT_S + 600),
+]
 # The NFS tests hold port 2049 a module at a time, on the other worker: wait for them.
 PORT_WAIT_S = 1200.0
 
@@ -213,3 +227,18 @@ def nvme_restored(
     ok = result.reason == "matched" and any("stage: restore ok" in line for line in lines)
     assert ok, "\n".join(lines[-80:])
     return RestoredDisk(disk, lines, dict(last_report(lines)["restore"]), result.elapsed)
+
+
+def boots_to_marker_on(disk: Path, controller: tuple[str, ...], swap: str) -> None:
+    """The restored disk boots from SeaBIOS on `controller` to the source's marker: its files,
+    its capability, and its swap on the new device name."""
+    result = boot_to_marker(disk, controller=controller)
+    assert result.reason == "matched", "\n".join(result.lines[-60:])
+    assert marker_words(result) == [
+        MARKER,
+        f"files={len(AWKWARD_NAMES)}",
+        "colour=blue",
+        "/srv/awkward/capped",
+        "cap_net_raw=ep",
+        f"swap={swap}",
+    ]

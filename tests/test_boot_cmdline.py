@@ -93,7 +93,7 @@ def test_a_mode_or_flag_inside_another_word_never_counts(word: str, before: str,
     cfg = parse_cmdline(text)
     if before or after:
         assert cfg.mode is None
-        assert not (cfg.pxe or cfg.iso_mode or cfg.obdr)
+        assert not (cfg.pxe or cfg.iso_mode or cfg.obdr or cfg.noresize)
         assert cfg.unknown == (text,)
     else:
         assert cfg.mode == word or getattr(cfg, word) is True

@@ -117,9 +117,9 @@ def test_the_report_and_its_hwreport_section() -> None:
                          "not compared: /srv (archive srv, UUID u): not mounted"]  # fmt: skip
     assert len(shown) == 2 + 100 + 1 and shown[-1] == "missing: ... and 150 more"
     found = {"files": many, "layout": [], "unmatched": [], "compared": 900}
-    sections = section_of(found, Path("/set"))
+    sections = section_of(found, "/set")
     assert len(sections["full"]["missing"]) == 250 and len(sections["short"]["missing"]) == 100
     assert sections["short"]["counts"] == {"changed": 0, "missing": 250, "extra": 0, "layout": 0}
     assert sections["short"]["identical"] is False and sections["short"]["files_compared"] == 900
-    same = section_of({"files": FileDifferences(), "layout": [], "unmatched": [], "compared": 3}, Path("/s"))
+    same = section_of({"files": FileDifferences(), "layout": [], "unmatched": [], "compared": 3}, "/s")
     assert same["full"]["identical"] is True

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from initrd_composer.boot.restore.extract_all import ExtractJob, extract_and_verify, failure_lines
+from initrd_composer.boot.restore_set.location import SetDirectory
 from initrd_composer.capture.set_writer import write_set
 from tests.test_restore_set_roundtrip import layout_of
 
@@ -31,7 +32,7 @@ def _jobs(tmp_path: Path, names: tuple[str, ...]) -> list[ExtractJob]:
     for archive in manifest.archives:
         dest = tmp_path / f"dest-{archive.name}"
         dest.mkdir()
-        jobs.append(ExtractJob(archive, set_dir / archive.file, dest))
+        jobs.append(ExtractJob(archive, SetDirectory(set_dir), dest))
     return jobs
 
 
@@ -50,7 +51,7 @@ def test_archives_extracted_side_by_side_each_into_its_own_directory(tmp_path: P
 
 def test_a_damaged_archive_is_named_and_the_others_still_restore(tmp_path: Path) -> None:
     jobs = _jobs(tmp_path, ("root", "srv"))
-    victim = jobs[1].path
+    victim = tmp_path / "set" / jobs[1].archive.file
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))

@@ -37,9 +37,10 @@ from tests.restore_fixtures import (
     RestoredDisk,
     SetExports,
     blank_disk,
+    boots_to_marker_on,
     last_report,
 )
-from tests.source_machine import AWKWARD_NAMES, MARKER, SourceMachine, boot_to_marker, marker_words
+from tests.source_machine import SourceMachine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import qemu_boot
@@ -128,19 +129,6 @@ def _time_only(line: str, dirs: set[str]) -> bool:
     return flags.startswith(".d") and set(flags[2:]) <= {".", "t"} and path in dirs
 
 
-def _boots_to_marker(disk: Path, controller: tuple[str, ...], swap: str) -> None:
-    result = boot_to_marker(disk, controller=controller)
-    assert result.reason == "matched", "\n".join(result.lines[-60:])
-    assert marker_words(result) == [
-        MARKER,
-        f"files={len(AWKWARD_NAMES)}",
-        "colour=blue",
-        "/srv/awkward/capped",
-        "cap_net_raw=ep",
-        f"swap={swap}",
-    ]
-
-
 def test_capture_wrote_a_complete_set(captured: CapturedSet) -> None:
     capture = captured.report["capture"]
     assert isinstance(capture, dict) and capture["ok"], capture
@@ -161,7 +149,7 @@ def test_nuke_over_pxe_onto_a_larger_nvme_disk(nvme_restored: RestoredDisk, sour
         f"(extract+verify {restore['extract_seconds']} s,",
         f"fix-ups {fixups} s), boot to report {nvme_restored.elapsed:.0f} s",
     )
-    _boots_to_marker(nvme_restored.disk, NVME_DEVICE, "/dev/nvme0n1p3")
+    boots_to_marker_on(nvme_restored.disk, NVME_DEVICE, "/dev/nvme0n1p3")
     _compare(source.disk, nvme_restored.disk, restore["fixups"]["changed"])
 
 
@@ -176,7 +164,7 @@ def test_nuke_onto_a_smaller_virtio_scsi_disk(
     assert restore.get("ok"), restore
     sizes = {p["number"]: p for p in restore["plan"]["plan"]["disks"][0]["partitions"]}
     assert sizes[4]["new_bytes"] < sizes[4]["old_bytes"]  # the LVM PV shrank with the disk
-    _boots_to_marker(disk, controller, "/dev/sda3")
+    boots_to_marker_on(disk, controller, "/dev/sda3")
     _compare(source.disk, disk, restore["fixups"]["changed"])
 
 

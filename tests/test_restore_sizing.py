@@ -329,3 +329,30 @@ def test_a_target_of_the_minimum_size_is_never_refused(
                   partitions=parts(*used_parts, first_mib=first_mib))
     minimum = minimum_disk_bytes(source)
     plan_restore([source], [TargetDisk("sdb", minimum + extra, sector)])
+
+
+def test_noresize_keeps_every_saved_size_and_leaves_the_rest_free() -> None:
+    group = vg(
+        LogicalVolume("swap", 2 * GIB, fs_type="swap"),
+        LogicalVolume("root", 10 * GIB, mount="/", fs_type="ext4", used_bytes=2 * GIB),
+    )
+    plan = plan_restore([disk(partitions=LVM_DISK)], [target(gib=40)], vgs=[group], resize=False)
+    (d,) = plan.disks
+    assert sizes(d) == [p.size_sectors * S for p in LVM_DISK]
+    assert {p.how for p in d.partitions} <= {"fixed", "same"}
+    assert [lv.new_bytes for lv in plan.vgs[0].lvs] == [2 * GIB, 10 * GIB]
+    scaled = plan_restore([disk(partitions=LVM_DISK)], [target(gib=40)], vgs=[group])
+    assert scaled.disks[0].partitions[1].new_bytes > d.partitions[1].new_bytes  # without the word
+
+
+def test_noresize_passes_over_a_disk_that_cannot_hold_the_saved_sizes() -> None:
+    """The smaller disk would hold the data shrunk; with noresize it is too small, and the
+    larger one is chosen; with only the smaller one the plan is refused, saying why."""
+    span = sum(p.size_sectors for p in STANDARD) * S + MIB + tail_bytes("gpt", S)
+    small, large = target("sda", gib=12), target("sdb", gib=span / GIB + 1)
+    plan = plan_restore([disk()], [small, large], resize=False)
+    assert plan.disks[0].assignment.target.name == "sdb"
+    assert sizes(plan.disks[0]) == [p.size_sectors * S for p in STANDARD]
+    with pytest.raises(RestoreRefused, match=r"cannot place source disk sda: .*\(noresize: its partitions"):
+        plan_restore([disk()], [small], resize=False)
+    assert plan_restore([disk()], [small]).disks[0].assignment.target.name == "sda"  # shrunk, without it

@@ -10,6 +10,7 @@ import pytest
 from initrd_composer.boot.restore import RestoreRefused
 from initrd_composer.boot.restore.stage import locate_set, make_plan, run_nuke_at
 from initrd_composer.boot.restore_set import RestoreSetError
+from initrd_composer.boot.restore_set.location import SetDirectory
 
 
 def _set(path: Path) -> Path:
@@ -48,6 +49,6 @@ def test_a_machine_that_booted_uefi_is_refused_before_planning() -> None:
 
 def test_a_set_without_manifest_is_refused_and_says_so(tmp_path: Path) -> None:
     lines: list[str] = []
-    section = run_nuke_at(str(tmp_path), [], lines.append)
+    section = run_nuke_at(SetDirectory(tmp_path), [], lines.append)
     assert section["ok"] is False and "no manifest.json" in section["refused"]
     assert lines[0].startswith("restore refused, nothing written: ")

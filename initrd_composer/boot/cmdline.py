@@ -26,7 +26,7 @@ __all__ = [
 
 MODES = ("nuke", "interactive", "compare", "expert", "probe", "capture")
 RESTORE_THEN = ("reboot", "poweroff", "shell")
-FLAGS = ("pxe", "iso_mode", "obdr")
+FLAGS = ("pxe", "iso_mode", "obdr", "noresize")
 # Words the kernel or other tools own: known, so not reported as unknown.
 KERNEL_WORDS = (
     "console", "root", "ro", "rw", "quiet", "debug", "loglevel", "panic", "init", "rdinit", "initrd",
@@ -50,6 +50,7 @@ class BootConfig:
     pxe: bool = False
     iso_mode: bool = False
     obdr: bool = False
+    noresize: bool = False  # MondoRescue's word: the restore keeps the saved partition sizes
     prefix: str | None = None
     netfsmount: str | None = None
     nfsmount: str | None = None

@@ -123,8 +123,10 @@ def run_stages(cmdline: str, t_start: float) -> None:
     early.set_modprobe_helper()
     _fail_point(cmdline, "early")
     report = probe(cfg, cmdline, t_start)
-    log(f"probe done: {len(report['netdevs'])} network, {len(report['blockdevs'])} block devices, "
-        f"{len(report['missing'])} devices without a driver, {report['timings']['probe_end']:.2f} s uptime")
+    log(
+        f"probe done: {len(report['netdevs'])} network, {len(report['blockdevs'])} block devices, "
+        f"{len(report['missing'])} devices without a driver, {report['timings']['probe_end']:.2f} s uptime"
+    )
     storage_stage(cfg, report)
     network_stage(cfg, report)
     found = media_stage(cfg, report)
@@ -152,7 +154,7 @@ def restore_stage(cfg: BootConfig, report: dict[str, Any], found: Any) -> None:
     a refusal: the shell, with the restore set still mounted)."""
     from initrd_composer.boot.restore.stage import restore_detail, run_nuke  # noqa: PLC0415
 
-    section = run_nuke(found, cfg.restore_set, log)
+    section = run_nuke(found, cfg.restore_set, log, url=cfg.url, resize=not cfg.noresize)
     report["restore"] = section
     stage_line("restore", section["ok"], restore_detail(section))
     emit(publish(report))
@@ -171,7 +173,7 @@ def compare_stage(cfg: BootConfig, report: dict[str, Any], found: Any) -> None:
     what restore_then= asks for when it is given."""
     from initrd_composer.boot.compare.stage import COMPARE_TXT, compare_detail, run_compare  # noqa: PLC0415
 
-    section = run_compare(found, cfg.restore_set, log)
+    section = run_compare(found, cfg.restore_set, log, url=cfg.url)
     report["compare"] = section
     stage_line("compare", section["ok"], compare_detail(section))
     emit(publish(report))

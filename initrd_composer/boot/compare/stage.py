@@ -66,7 +66,7 @@ def archive_places(
 
 
 def compare_machine(
-    set_dir: Path, manifest: Manifest, saved: Mapping[str, Any], disks: Sequence[str], log: Log
+    manifest: Manifest, saved: Mapping[str, Any], disks: Sequence[str], log: Log
 ) -> dict[str, Any]:
     """Mount the machine on `disks`, compare it with the set; the section's findings."""
     from initrd_composer.capture.mount_source import mounted_machine  # noqa: PLC0415
@@ -92,12 +92,12 @@ def _limited(items: Sequence[Any]) -> list[Any]:
     return list(items[:REPORT_LIMIT])
 
 
-def section_of(found: Mapping[str, Any], set_dir: Path) -> dict[str, Any]:
+def section_of(found: Mapping[str, Any], set_shown: str) -> dict[str, Any]:
     """The hwreport section (at most REPORT_LIMIT differences of each kind) and the full
     document saved under /run."""
     files: FileDifferences = found["files"]
     full = {
-        "set": str(set_dir),
+        "set": set_shown,
         "identical": files.count() == 0 and not found["layout"] and not found["unmatched"],
         "files_compared": found["compared"],
         "counts": {
@@ -125,7 +125,7 @@ def save_report(full: Mapping[str, Any], lines: Sequence[str]) -> None:
         partial.replace(path)
 
 
-def run_compare(found: Any, restore_subdir: str | None, log: Log) -> dict[str, Any]:
+def run_compare(found: Any, restore_subdir: str | None, log: Log, url: str | None = None) -> dict[str, Any]:
     """The `compare` report section from what the media stage found; never raises for what the
     console can explain (`ok` False, with `error` and `hint`)."""
     from initrd_composer.boot.capture_mode import source_disk_paths  # noqa: PLC0415
@@ -135,15 +135,15 @@ def run_compare(found: Any, restore_subdir: str | None, log: Log) -> dict[str, A
     section: dict[str, Any] = {"ok": False, "mode": "compare"}
     started = time.monotonic()
     try:
-        set_dir = found_set(found, restore_subdir, "compare reads")
+        set_dir = found_set(found, restore_subdir, "compare reads", url, log)
         manifest, saved = read_set(set_dir)
         set_device = str(found.source) if str(found.source).startswith("/dev/") else ""
         disks = source_disk_paths(set_device)
         if not disks:
             raise RestoreSetError("no disk to compare on this machine", "check the disks are seen")
-        log(f"compare: set {set_dir} against {', '.join(disks)} (read-only)")
-        result = compare_machine(set_dir, manifest, saved, disks, log)
-        sections = section_of(result, set_dir)
+        log(f"compare: set {set_dir.shown} against {', '.join(disks)} (read-only)")
+        result = compare_machine(manifest, saved, disks, log)
+        sections = section_of(result, set_dir.shown)
         found_here = (result["files"], result["layout"], result["unmatched"])
         save_report(sections["full"], report_lines(*found_here))
         for line in report_lines(*found_here, limit=REPORT_LIMIT):

@@ -10,7 +10,7 @@ import json
 from initrd_composer.boot.cmdline import parse_cmdline
 from initrd_composer.boot.console import log, stage_line
 from initrd_composer.boot.emergency import power
-from initrd_composer.boot.restore.stage import SOURCE_NOTE, restore_detail, run_nuke_at
+from initrd_composer.boot.restore.stage import SOURCE_NOTE, noted_location, restore_detail, run_nuke_at
 
 
 def main() -> int:
@@ -22,7 +22,7 @@ def main() -> int:
         return 1
     with open("/proc/cmdline") as f:
         cfg = parse_cmdline(f.read())
-    section = run_nuke_at(str(note["set"]), list(note["devices"]), log)
+    section = run_nuke_at(noted_location(note, log), list(note["devices"]), log, resize=not cfg.noresize)
     stage_line("restore", section["ok"], restore_detail(section))
     if not section["ok"]:
         return 1

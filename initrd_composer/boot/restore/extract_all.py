@@ -28,6 +28,7 @@ from initrd_composer.boot.child_process import fork_with_result
 from initrd_composer.boot.restore_set import RestoreSetError
 from initrd_composer.boot.restore_set.content_hashes import ContentHasher
 from initrd_composer.boot.restore_set.extract import extract_stream
+from initrd_composer.boot.restore_set.location import SetLocation, Stream
 from initrd_composer.boot.restore_set.manifest import ArchiveRecord
 from initrd_composer.boot.restore_set.verify import Mismatch, compare_tree
 
@@ -37,7 +38,7 @@ PROGRESS_EVERY_S = 5.0
 @dataclass(frozen=True)
 class ExtractJob:
     archive: ArchiveRecord
-    path: Path  # the archive file
+    source: SetLocation  # where the archive is read from (archive.file in it)
     dest: Path  # the mounted, empty filesystem
 
 
@@ -57,25 +58,32 @@ class ExtractResult:
 
 
 class _CountingReader:
-    """The archive file read once: hashed, counted for the progress lines."""
+    """The archive read once, front to back: hashed, counted for the progress lines. A read
+    that fails is remembered and ends the stream (an exception raised into libarchive's C
+    callback would only print a traceback and look like a truncated archive)."""
 
-    def __init__(self, path: Path) -> None:
-        self._f = open(path, "rb")
+    def __init__(self, stream: Stream) -> None:
+        self._f = stream
         self.sha256 = hashlib.sha256()
         self.done = 0
+        self.failure: Exception | None = None
 
     def readinto(self, buf: bytearray | memoryview) -> int:
-        n = self._f.readinto(buf)
+        if self.failure is not None:
+            return 0
+        try:
+            n = self._f.readinto(buf)
+        except Exception as exc:  # OSError, or an HTTP source's final SourceError
+            self.failure = exc
+            return 0
         if n:
             self.sha256.update(memoryview(buf)[:n])
             self.done += n
         return n or 0
 
     def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
-        self.sha256.update(data)
-        self.done += len(data)
-        return data
+        buf = bytearray(size if size > 0 else 1 << 20)
+        return bytes(buf[: self.readinto(buf)])
 
     def seekable(self) -> bool:  # read once, in order: the hash must see every byte
         return False
@@ -92,9 +100,9 @@ def _extract_one(job: ExtractJob, log: Callable[[str], None]) -> ExtractResult:
     result = ExtractResult(job.archive.name, file_bytes=_content_bytes(job.archive))
     started = time.monotonic()
     try:
-        reader = _CountingReader(job.path)
+        reader = _CountingReader(job.source.open(job.archive.file))
     except OSError as exc:
-        result.error = f"cannot open {job.archive.file}: {exc.strerror}"
+        result.error = f"cannot open {job.archive.file}: {exc.strerror or exc}"
         return result
     stop = threading.Event()
 
@@ -125,6 +133,9 @@ def _extract_one(job: ExtractJob, log: Callable[[str], None]) -> ExtractResult:
         stop.set()
         reader.close()
         known = hasher.finish()
+    if reader.failure is not None:  # what the source said, not libarchive's "truncated"
+        why = getattr(reader.failure, "message", None) or str(reader.failure)
+        result.error = f"cannot read {job.archive.file}: {why}"  # an HTTP error names its URL
     result.seconds = round(time.monotonic() - started, 3)
     if result.error and "corrupted" not in result.error:
         return result  # libarchive stopped: its message names the entry it was at

@@ -19,6 +19,9 @@ them (the free extents go first), else share all of it by their old sizes; round
 whole extents. Thin pools, snapshots, caches, raid or mirror segments refuse.
 md RAID1: each member partition is sized as its disk allows; the array gets the smallest
 member's size and its filesystem must fit.
+`noresize` (MondoRescue's word, `resize=False`): every partition keeps its saved size (rounded
+up to 1 MiB) and the rest of a larger disk stays free; a disk that cannot hold them all is
+refused, never shrunk. Volume groups and arrays then keep their sizes too.
 """
 
 from __future__ import annotations
@@ -157,15 +160,32 @@ def plan_restore(
     vgs: Sequence[VolumeGroup] = (),
     arrays: Sequence[MdArray] = (),
     excluded: Iterable[str] = (),
+    *,
+    resize: bool = True,
 ) -> RestorePlan:
-    """Map, size and check everything, or raise RestoreRefused; nothing here writes."""
+    """Map, size and check everything, or raise RestoreRefused; nothing here writes.
+    `resize=False`: the saved partition sizes, kept (`noresize`)."""
     refuse_unrestorable(sources, vgs, arrays)
     target_list = sorted(targets, key=lambda t: t.name)
     excluded = frozenset(excluded)
-    plan = _plan(sources, target_list, vgs, arrays, excluded)
+    if not resize:
+        plan = _plan_kept(sources, target_list, vgs, arrays, excluded)
+    else:
+        plan = _plan(sources, target_list, vgs, arrays, excluded)
     used = {d.assignment.target.name for d in plan.disks}
     unused = tuple((t, exclusion_of(t, excluded) or "not needed") for t in target_list if t.name not in used)
     return RestorePlan(plan.disks, plan.vgs, plan.arrays, unused)
+
+
+def _plan_kept(sources: Sequence[SourceDisk], target_list: list[TargetDisk], vgs: Sequence[VolumeGroup],
+               arrays: Sequence[MdArray], excluded: frozenset[str]) -> RestorePlan:
+    kept = {d.name: span_bytes(d) for d in sources}
+    try:
+        assignments = map_disks(sources, target_list, excluded, kept)
+    except RestoreRefused as refused:
+        raise RestoreRefused(f"{refused.message} (noresize: its partitions at their saved sizes)",
+                             f"boot without noresize to let the restore fit them\n{refused.hint}") from None
+    return _with_volumes(tuple(size_disk(a, resize=False) for a in assignments), vgs, arrays)
 
 
 def _plan(sources: Sequence[SourceDisk], target_list: list[TargetDisk], vgs: Sequence[VolumeGroup],
@@ -191,7 +211,11 @@ def _plan(sources: Sequence[SourceDisk], target_list: list[TargetDisk], vgs: Seq
 
 def _sized(assignments: Sequence[DiskAssignment], vgs: Sequence[VolumeGroup],
            arrays: Sequence[MdArray]) -> RestorePlan:
-    disks = tuple(size_disk(a) for a in assignments)
+    return _with_volumes(tuple(size_disk(a) for a in assignments), vgs, arrays)
+
+
+def _with_volumes(disks: tuple[DiskPlan, ...], vgs: Sequence[VolumeGroup],
+                  arrays: Sequence[MdArray]) -> RestorePlan:
     by_source = {d.assignment.source.name: d for d in disks}
     # A PV or md member the saved layout has no VG or array for: what it holds is not known,
     # so it may not shrink.
@@ -295,6 +319,13 @@ def minimum_disk_bytes(disk: SourceDisk, vgs: Sequence[VolumeGroup] = (),
     return first + fixed + need_room + ALIGN_BYTES + tail_bytes(disk.table, disk.logical_sector)
 
 
+def span_bytes(disk: SourceDisk) -> int:
+    """The smallest disk that holds this one's partitions at their saved sizes (noresize)."""
+    parts, first, _fixed, _room = _layout(disk)
+    kept = sum(align_up(p.size_sectors * disk.logical_sector) for p in parts)
+    return first + kept + tail_bytes(disk.table, disk.logical_sector) if parts else 0
+
+
 def _fs_label(mount: str, fs_type: str, where: str) -> str:
     return f"filesystem {mount or '(not mounted)'} ({fs_type or 'unknown type'} on {where})"
 
@@ -320,13 +351,15 @@ def check_fits(label: str, used: int | None, old: int, new: int) -> None:
         )
 
 
-def size_disk(assignment: DiskAssignment) -> DiskPlan:
+def size_disk(assignment: DiskAssignment, *, resize: bool = True) -> DiskPlan:
     src, target = assignment.source, assignment.target
     parts, first, fixed, source_room = _layout(src)
     if not parts:
         return DiskPlan(assignment, ())
     sector = target.logical_sector
     end = align_down(target.size_bytes - tail_bytes(src.table, sector))
+    if not resize:
+        return _kept_sizes(assignment, parts, first, end)
     room = end - first - fixed
     if room < 0 or (room == 0 and _scalable(parts)):
         raise RestoreRefused(
@@ -353,6 +386,28 @@ def size_disk(assignment: DiskAssignment) -> DiskPlan:
         how = "fixed" if part.role in FIXED_ROLES else _how(old, size)
         out.append(PartitionPlan(part.number, part.role, part.fs_type, part.mount, old,
                                  at // sector, size // sector, sector, how))
+        at += size
+    return DiskPlan(assignment, tuple(out))
+
+
+def _kept_sizes(assignment: DiskAssignment, parts: list[SourcePartition], first: int, end: int) -> DiskPlan:
+    """noresize: each partition at its saved size, packed from the first one's start."""
+    src, target = assignment.source, assignment.target
+    sector = target.logical_sector
+    sizes = [align_up(p.size_sectors * src.logical_sector) for p in parts]
+    if first + sum(sizes) > end:
+        raise RestoreRefused(
+            f"noresize: source disk {src.name}'s partitions need {human_bytes(first + sum(sizes))} "
+            f"at their saved sizes; target disk {target.name} has {human_bytes(target.size_bytes)}",
+            "boot without noresize to let the restore fit them to the disk, or use a larger disk",
+        )
+    out: list[PartitionPlan] = []
+    at = first
+    for part, size in zip(parts, sizes, strict=True):
+        old = part.size_sectors * src.logical_sector
+        how = "fixed" if part.role in FIXED_ROLES else _how(old, size)
+        out.append(PartitionPlan(part.number, part.role, part.fs_type, part.mount, old,
+                                 at // sector, size // sector, sector, how))  # fmt: skip
         at += size
     return DiskPlan(assignment, tuple(out))
 

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,18 @@ from initrd_composer.boot.restore.write_storage import (
 )
 from initrd_composer.boot.restore_set import RestoreSetError
 from initrd_composer.boot.restore_set.layout import LAYOUT_NAME, load_layout
-from initrd_composer.boot.restore_set.manifest import MANIFEST_NAME, Manifest, load_set
+from initrd_composer.boot.restore_set.location import SetDirectory, SetLocation, location_of
+from initrd_composer.boot.restore_set.manifest import MANIFEST_NAME, ArchiveRecord, Manifest, load_set
 from initrd_composer.boot.restore_set.verify import compare_tree
 
 FS_DIR = Path("/run/initrd-composer/restore/fs")  # each filesystem alone, while extracting
 TARGET_DIR = Path("/run/initrd-composer/target")  # the restored tree, nested, for the fix-ups
 SOURCE_NOTE = Path("/run/initrd-composer/restore-source.json")  # for `nuke` run again from the shell
 Log = Callable[[str], None]
+
+
+def _quiet(_line: str) -> None:
+    pass
 
 
 class RestoreFailed(Exception):
@@ -90,14 +96,17 @@ def locate_set(media_root: Path, subdir: str | None = None) -> Path:
     )
 
 
-def read_set(set_dir: Path) -> tuple[Manifest, dict[str, Any]]:
+def read_set(where: Path | SetLocation) -> tuple[Manifest, dict[str, Any]]:
     """Step 1: the manifest (complete set, every archive present) and the layout."""
-    manifest = load_set(set_dir)
+    location = location_of(where)
+    manifest = load_set(location)
     try:
-        text = (set_dir / LAYOUT_NAME).read_text()
-    except OSError as exc:
+        text = location.read(LAYOUT_NAME).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc
         raise RestoreSetError(
-            f"restore set {set_dir}: cannot read {LAYOUT_NAME}: {exc.strerror}", "capture the machine again"
+            f"restore set {location.shown}: cannot read {LAYOUT_NAME}: {why}",
+            "capture the machine again",
         ) from exc
     layout = load_layout(text)
     names = {a.name for a in manifest.archives}
@@ -112,7 +121,7 @@ def read_set(set_dir: Path) -> tuple[Manifest, dict[str, Any]]:
     return manifest, layout
 
 
-def make_plan(layout: Mapping[str, Any], set_devices: list[str]) -> RestorePlan:
+def make_plan(layout: Mapping[str, Any], set_devices: list[str], *, resize: bool = True) -> RestorePlan:
     """Steps 2-3: this machine's disks, those never written, the mapping and every size."""
     uefi = (layout.get("bootloader") or {}).get("uefi") or {}
     if uefi.get("booted_uefi"):
@@ -129,7 +138,7 @@ def make_plan(layout: Mapping[str, Any], set_devices: list[str]) -> RestorePlan:
     targets = protect(
         read_target_disks(), restore_set_devices=set_devices, in_use=used_devices(mountinfo, swaps)
     )
-    return plan_restore(inputs.sources, targets, inputs.vgs, inputs.arrays)
+    return plan_restore(inputs.sources, targets, inputs.vgs, inputs.arrays, resize=resize)
 
 
 def _mount_point(fs: Mapping[str, Any]) -> str:
@@ -155,53 +164,87 @@ def mounted(pairs: list[tuple[FsTarget, Path]]) -> Iterator[None]:
                 syscalls.umount(str(where))
 
 
-def restore(set_dir: Path, set_devices: list[str], section: dict[str, Any], log: Log) -> None:
-    """Steps 1-8; fills `section` as it goes. Raises RestoreSetError/RestoreRefused before the
-    first write, RestoreFailed after it."""
-    started = time.monotonic()
-    manifest, layout = read_set(set_dir)
+@dataclass(frozen=True)
+class Prepared:
+    """Steps 1-4 done: what the write steps need (nothing has been written)."""
+
+    location: SetLocation
+    manifest: Manifest
+    layout: dict[str, Any]
+    plan: RestorePlan
+    mapping: dict[str, str]
+    targets: list[FsTarget]
+
+
+def prepare(
+    location: SetLocation, set_devices: list[str], section: dict[str, Any], log: Log, *, resize: bool = True
+) -> Prepared:
+    """Steps 1-4: read and check the set, plan, try every mkfs option set; fills `section`.
+    Raises RestoreSetError/RestoreRefused; writes nothing."""
+    manifest, layout = read_set(location)
     log(
-        f"restore: set {set_dir}: {len(manifest.archives)} archives, "
+        f"restore: set {location.shown}: {len(manifest.archives)} archives, "
         f"{sum(len(a.files) for a in manifest.archives)} files"
     )
-    plan = make_plan(layout, set_devices)
+    plan = make_plan(layout, set_devices, resize=resize)
     section["plan"] = plan_dict(plan)
+    if not resize:
+        log("restore plan: noresize: every partition keeps its saved size")
     for line in plan_lines(plan):
         log(f"restore plan: {line}")
-    mapping = device_map(plan)
+    mapping = dict(device_map(plan))
     targets = fs_targets(layout, mapping, plan)
     preflight(targets)
     refuse_busy(plan)
+    return Prepared(location, manifest, layout, plan, mapping, targets)
+
+
+def make_storage(p: Prepared, written: Written) -> None:
+    """Step 5 up to the filesystems: partition tables, md arrays, LVM volume groups."""
+    release_targets([f"/dev/{d.assignment.target.name}" for d in p.plan.disks])
+    partition(p.plan, p.layout, written)
+    build_arrays(p.plan, p.layout, written)
+    build_volume_groups(p.plan, p.layout, p.mapping, written)
+
+
+def restore(
+    location: SetLocation, set_devices: list[str], section: dict[str, Any], log: Log, *, resize: bool = True
+) -> None:
+    """Steps 1-8; fills `section` as it goes. Raises RestoreSetError/RestoreRefused before the
+    first write, RestoreFailed after it."""
+    started = time.monotonic()
+    p = prepare(location, set_devices, section, log, resize=resize)
     written = Written()
     section["written"] = written.__dict__
     try:
-        release_targets([f"/dev/{d.assignment.target.name}" for d in plan.disks])
-        partition(plan, layout, written)
-        build_arrays(plan, layout, written)
-        build_volume_groups(plan, layout, mapping, written)
-        make_filesystems(targets, written)
-        _extract(manifest, set_dir, targets, section=section, log=log)
-        _fix_up(layout, manifest, targets, mapping, section=section, log=log)
+        make_storage(p, written)
+        make_filesystems(p.targets, written)
+        extract(p, section=section, log=log)
+        fix_up(p, section=section, log=log)
     except (WriteFailed, FixupFailed, RestoreSetError, OSError) as exc:
         message = getattr(exc, "message", None) or str(exc)
         raise RestoreFailed(message, written.describe(), written) from exc
     section["seconds"] = round(time.monotonic() - started, 1)
 
 
-def _extract(
-    manifest: Manifest, set_dir: Path, targets: list[FsTarget], *, section: dict[str, Any], log: Log
-) -> None:
-    archived = [(t, manifest.archive(str(t.record["archive"]))) for t in targets if t.record.get("archive")]
-    pairs = [(t, FS_DIR / a.name) for t, a in archived]
+def archived(p: Prepared) -> list[tuple[FsTarget, ArchiveRecord]]:
+    """The filesystems that have an archive, with it."""
+    return [(t, p.manifest.archive(str(t.record["archive"]))) for t in p.targets if t.record.get("archive")]
+
+
+def extract(p: Prepared, *, section: dict[str, Any], log: Log) -> None:
+    """Steps 6-7: every archive into its filesystem, side by side, each file verified."""
+    archived_fs = archived(p)
+    pairs = [(t, FS_DIR / a.name) for t, a in archived_fs]
     with mounted(pairs):
-        jobs = [ExtractJob(a, set_dir / a.file, FS_DIR / a.name) for _t, a in archived]
+        jobs = [ExtractJob(a, p.location, FS_DIR / a.name) for _t, a in archived_fs]
         results = extract_and_verify(jobs, log)
         os.sync()
-    section["files"] = sum(len(a.files) for _t, a in archived)
+    section["files"] = sum(len(a.files) for _t, a in archived_fs)
     section["bytes"] = sum(r.file_bytes for r in results)
     section["extract_seconds"] = max((r.seconds + r.verify_seconds for r in results), default=0.0)
     section["verified_files"] = sum(
-        len(a.files) for (_t, a), r in zip(archived, results, strict=True) if r.ok
+        len(a.files) for (_t, a), r in zip(archived_fs, results, strict=True) if r.ok
     )
     failures = failure_lines(results)
     section["failures"] = failures
@@ -213,21 +256,13 @@ def _extract(
         )
 
 
-def _fix_up(
-    layout: Mapping[str, Any],
-    manifest: Manifest,
-    targets: list[FsTarget],
-    mapping: Mapping[str, str],
-    *,
-    section: dict[str, Any],
-    log: Log,
-) -> None:
+def fix_up(p: Prepared, *, section: dict[str, Any], log: Log) -> None:
     """Step 8 on the tree mounted as it will boot; then each filesystem alone again, compared
     with the manifest by metadata, lists every file the fix-ups changed (for the report: a
     reader comparing source and target learns which differences are the restore's own)."""
-    archived = [t for t in targets if t.record.get("archive")]
+    layout, manifest, mapping = p.layout, p.manifest, p.mapping
     nested = sorted(
-        ((t, _mount_point(t.record)) for t in archived),
+        ((t, _mount_point(t.record)) for t, _a in archived(p)),
         key=lambda pair: (pair[1].count("/") if pair[1] != "/" else 0, pair[1]),
     )
     if not nested or nested[0][1] != "/":
@@ -258,33 +293,59 @@ def restore_detail(section: Mapping[str, Any]) -> str:
     return str(section.get("error") or section.get("refused") or "failed")
 
 
-def found_set(found: Any, restore_subdir: str | None, what: str) -> Path:
-    """The set directory on what the media stage found (`what`: "nuke restores", for the
-    message); RestoreSetError when nothing was found or the medium is a stream."""
+def found_set(
+    found: Any, restore_subdir: str | None, what: str, url: str | None = None, log: Log | None = None
+) -> SetLocation:
+    """Where the set is on what the media stage found (`what`: "nuke restores", for the
+    message; `url`: url= as given, with its password, which the report's copy lacks);
+    RestoreSetError when nothing was found or the medium is a tape."""
     if found is None:
         raise RestoreSetError("no restore data was found", "see the media stage's lines above")
-    if found.kind in ("http", "tape"):
+    if found.kind == "http":
+        from initrd_composer.boot.sources.http_set import SetUrl, set_base  # noqa: PLC0415
+
+        return SetUrl(set_base(url or str(found.source), restore_subdir), log=log or _quiet)
+    if found.kind == "tape":
         raise RestoreSetError(
-            f"{what} from a mounted set (NFS, CD, USB); {found.kind} is not supported yet",
-            "copy the set to an NFS share or a USB disk",
+            f"{what} from a mounted set (NFS, CD, USB) or HTTP; a tape is not supported yet",
+            "copy the set to an NFS share, an HTTP server or a USB disk",
         )
-    return locate_set(Path(found.path), restore_subdir)
+    return SetDirectory(locate_set(Path(found.path), restore_subdir))
 
 
-def run_nuke(found: Any, restore_subdir: str | None, log: Log) -> dict[str, Any]:
+def note_source(location: SetLocation, set_devices: list[str]) -> dict[str, Any]:
+    """What `nuke` typed in the shell later needs to find the same set again."""
+    if isinstance(location, SetDirectory):
+        return {"set": str(location.path), "devices": set_devices}
+    return {"url": getattr(location, "base", ""), "devices": set_devices}
+
+
+def noted_location(note: Mapping[str, Any], log: Log) -> SetLocation:
+    if note.get("url"):
+        from initrd_composer.boot.sources.http_set import SetUrl  # noqa: PLC0415
+
+        return SetUrl(str(note["url"]), log=log)
+    return SetDirectory(Path(str(note["set"])))
+
+
+def run_nuke(
+    found: Any, restore_subdir: str | None, log: Log, url: str | None = None, *, resize: bool = True
+) -> dict[str, Any]:
     """The `restore` report section of one nuke run from what the media stage found; never
     raises for a refusal or a failure (the section says which, and `ok` is False)."""
     try:
-        set_dir = found_set(found, restore_subdir, "nuke restores")
+        location = found_set(found, restore_subdir, "nuke restores", url, log)
     except RestoreSetError as exc:
         return _refused({"ok": False, "mode": "nuke", "seconds": 0.0}, exc, log)
     set_devices = [found.source] if str(found.source).startswith("/dev/") else []
     try:
         SOURCE_NOTE.parent.mkdir(parents=True, exist_ok=True)
-        SOURCE_NOTE.write_text(json.dumps({"set": str(set_dir), "devices": set_devices}))
+        fd = os.open(SOURCE_NOTE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a URL's password
+        with os.fdopen(fd, "w") as f:
+            json.dump(note_source(location, set_devices), f)
     except OSError as exc:
         log(f"cannot note the restore set for a later `nuke`: {exc}")
-    return run_nuke_at(str(set_dir), set_devices, log)
+    return run_nuke_at(location, set_devices, log, resize=resize)
 
 
 def _refused(section: dict[str, Any], exc: RestoreRefused | RestoreSetError, log: Log) -> dict[str, Any]:
@@ -299,12 +360,14 @@ def _refused(section: dict[str, Any], exc: RestoreRefused | RestoreSetError, log
     return section
 
 
-def run_nuke_at(set_dir: str, set_devices: list[str], log: Log) -> dict[str, Any]:
-    """One restore from a set directory; the `restore` section."""
-    section: dict[str, Any] = {"ok": False, "mode": "nuke", "set": set_dir}
+def run_nuke_at(
+    location: SetLocation, set_devices: list[str], log: Log, *, resize: bool = True
+) -> dict[str, Any]:
+    """One restore from a set; the `restore` section (`resize` False: noresize)."""
+    section: dict[str, Any] = {"ok": False, "mode": "nuke", "set": location.shown, "resize": resize}
     started = time.monotonic()
     try:
-        restore(Path(set_dir), set_devices, section, log)
+        restore(location, set_devices, section, log, resize=resize)
         section["ok"] = True
     except (RestoreRefused, RestoreSetError) as exc:
         _refused(section, exc, log)

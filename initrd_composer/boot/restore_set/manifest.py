@@ -19,6 +19,7 @@ from typing import Any
 
 from initrd_composer.boot.restore_set import RestoreSetError
 from initrd_composer.boot.restore_set.layout import LAYOUT_NAME, load_layout
+from initrd_composer.boot.restore_set.location import SetLocation, location_of
 
 FORMAT = "initrd-composer-restore-set"
 VERSION = 1
@@ -50,9 +51,16 @@ class FileRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "path": self.path, "type": self.type, "mode": self.mode, "uid": self.uid,
-            "gid": self.gid, "size": self.size, "mtime_ns": self.mtime_ns, "sha256": self.sha256,
-            "link": self.link, "rdev": list(self.rdev) if self.rdev else None,
+            "path": self.path,
+            "type": self.type,
+            "mode": self.mode,
+            "uid": self.uid,
+            "gid": self.gid,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "sha256": self.sha256,
+            "link": self.link,
+            "rdev": list(self.rdev) if self.rdev else None,
             "xattr_sha256": self.xattr_sha256,
         }
 
@@ -103,7 +111,10 @@ class ArchiveRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "file": self.file, "sha256": self.sha256, "size": self.size,
+            "name": self.name,
+            "file": self.file,
+            "sha256": self.sha256,
+            "size": self.size,
             "files": [f.to_json() for f in self.files],
         }
 
@@ -156,7 +167,9 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": FORMAT, "version": VERSION, "archives": [a.to_json() for a in self.archives],
+            "format": FORMAT,
+            "version": VERSION,
+            "archives": [a.to_json() for a in self.archives],
             "extras": [e.to_json() for e in self.extras],
         }
 
@@ -164,15 +177,19 @@ class Manifest:
         for e in self.extras:
             if e.file == file:
                 return e
-        raise RestoreSetError(f"restore set has no file {file!r}",
-                              f"it lists: {', '.join(e.file for e in self.extras) or 'none'}")
+        raise RestoreSetError(
+            f"restore set has no file {file!r}",
+            f"it lists: {', '.join(e.file for e in self.extras) or 'none'}",
+        )
 
     def archive(self, name: str) -> ArchiveRecord:
         for a in self.archives:
             if a.name == name:
                 return a
-        raise RestoreSetError(f"restore set has no archive named {name!r}",
-                              f"it has: {', '.join(a.name for a in self.archives) or 'none'}")
+        raise RestoreSetError(
+            f"restore set has no archive named {name!r}",
+            f"it has: {', '.join(a.name for a in self.archives) or 'none'}",
+        )
 
     @classmethod
     def from_json(cls, data: Any) -> Manifest:
@@ -215,31 +232,36 @@ def loads(data: bytes) -> Manifest:
     return Manifest.from_json(parsed)
 
 
-def load_set(set_dir: Path) -> Manifest:
-    """Read a set directory's manifest; a set without one is refused (an interrupted capture),
-    and so is one whose listed archives and extras are not all there, or that has no
-    layout.json (a restore cannot recreate the disks without it)."""
-    path = Path(set_dir) / MANIFEST_NAME
+def load_set(set_dir: Path | SetLocation) -> Manifest:
+    """Read a set's manifest (a directory, or any SetLocation); a set without one is refused
+    (an interrupted capture), and so is one whose listed archives and extras are not all
+    there, or that has no layout.json (a restore cannot recreate the disks without it)."""
+    where = location_of(set_dir)
     try:
-        data = path.read_bytes()
+        data = where.read(MANIFEST_NAME)
     except FileNotFoundError:
         raise RestoreSetError(
-            f"restore set {set_dir} is incomplete: no {MANIFEST_NAME}",
+            f"restore set {where.shown} is incomplete: no {MANIFEST_NAME}",
             "the capture did not finish (the manifest is written last); capture the machine again",
         ) from None
     except OSError as exc:
-        raise RestoreSetError(f"cannot read {path}: {exc.strerror}", "check the medium") from exc
+        raise RestoreSetError(
+            f"cannot read {MANIFEST_NAME} of {where.shown}: {exc.strerror or exc}", "check the medium"
+        ) from exc
     manifest = loads(data)
     if LAYOUT_NAME not in (e.file for e in manifest.extras):
         raise RestoreSetError(
-            f"restore set {set_dir} is incomplete: no {LAYOUT_NAME} in its manifest",
+            f"restore set {where.shown} is incomplete: no {LAYOUT_NAME} in its manifest",
             "a restore needs the machine's layout: capture it with compose-initrd capture",
         )
-    listed = [a.file for a in manifest.archives] + [e.file for e in manifest.extras]
-    missing = [file for file in listed if not (Path(set_dir) / file).is_file()]
+    try:
+        missing = where.missing([a.file for a in manifest.archives] + [e.file for e in manifest.extras])
+    except OSError as exc:
+        raise RestoreSetError(f"cannot list restore set {where.shown}: {exc.strerror or exc}",
+                              "check the medium") from exc  # fmt: skip
     if missing:
         raise RestoreSetError(
-            f"restore set {set_dir} is incomplete: missing {', '.join(missing)}",
+            f"restore set {where.shown} is incomplete: missing {', '.join(missing)}",
             "copy the whole set directory, or capture the machine again",
         )
     return manifest
@@ -328,7 +350,8 @@ def check_extra(set_dir: Path, record: ExtraRecord) -> None:
     if size != record.size or digest != record.sha256:
         raise RestoreSetError(
             f"{record.file} of restore set {set_dir} is corrupted: "
-            + ("its size" if size != record.size else "its sha256") + " differs from the manifest",
+            + ("its size" if size != record.size else "its sha256")
+            + " differs from the manifest",
             "the medium or the copy is damaged; use another copy of the restore set",
         )
 
@@ -346,11 +369,15 @@ def set_layout(set_dir: Path, manifest: Manifest) -> dict[str, Any]:
     names = {a.name for a in manifest.archives}
     for i, fs in enumerate(layout["filesystems"]):
         if "archive" not in fs:
-            raise RestoreSetError(f"{LAYOUT_NAME}: filesystems[{i}] ({fs['device']}) has no archive key",
-                                  "the layout was not written by a capture; capture the machine again")
+            raise RestoreSetError(
+                f"{LAYOUT_NAME}: filesystems[{i}] ({fs['device']}) has no archive key",
+                "the layout was not written by a capture; capture the machine again",
+            )
         if fs["archive"] is not None and fs["archive"] not in names:
-            raise _invalid(f"{LAYOUT_NAME}: filesystem {fs['device']} names archive {fs['archive']!r}, "
-                           "which the manifest does not list")
+            raise _invalid(
+                f"{LAYOUT_NAME}: filesystem {fs['device']} names archive {fs['archive']!r}, "
+                "which the manifest does not list"
+            )
     return layout
 
 

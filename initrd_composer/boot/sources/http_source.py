@@ -1,5 +1,8 @@
 """`url=`: the restore data over HTTP(S). Finding it means the server answers for that URL;
 the restore stage then reads it with `HttpStream` (Range resume), never staging it in RAM.
+In the modes that read a restore set (nuke, compare) `url=` names the set's directory, and
+the file asked for is its manifest (`restore_set=NAME` a directory below): it is written last,
+so its answering means a complete capture is there.
 
 In `probe` mode the stage reads the whole body once, as a restore would, and reports its
 sha256, size and how many times the read resumed after a dropped connection: a check that
@@ -12,8 +15,10 @@ import hashlib
 
 from initrd_composer.boot.sources import Choice, Found, MediaContext, network_down
 from initrd_composer.boot.sources.http import HttpStream, probe
+from initrd_composer.boot.sources.http_set import manifest_url
 
 READ_SIZE = 1 << 20
+SET_MODES = ("nuke", "compare")
 
 
 def read_through(url: str, ctx: MediaContext) -> dict[str, object]:
@@ -31,11 +36,15 @@ def find(ctx: MediaContext, choice: Choice) -> Found:
     down = network_down(ctx)
     if down is not None:
         raise down
-    answer = probe(choice.spec, timeout_s=min(10.0, ctx.timeout_s), retries=2, sleep=ctx.sleep, log=ctx.log)
+    mode = getattr(ctx.cfg, "mode", None)
+    url = choice.spec
+    if mode in SET_MODES:
+        url = manifest_url(url, getattr(ctx.cfg, "restore_set", None))
+    answer = probe(url, timeout_s=min(10.0, ctx.timeout_s), retries=2, sleep=ctx.sleep, log=ctx.log)
     data: dict[str, object] = {
         "status": answer.status, "size": answer.size, "accept_ranges": answer.accept_ranges,
         "etag": answer.etag, "last_modified": answer.last_modified, "final_url": answer.final_url,
     }  # fmt: skip
-    if getattr(ctx.cfg, "mode", None) == "probe":
+    if mode == "probe":
         data.update(read_through(choice.spec, ctx))
     return Found("http", answer.url, f"{answer.final_url} (stream)", data)
