@@ -53,10 +53,6 @@ SOURCE_NOTE = Path("/run/initrd-composer/restore-source.json")  # for `nuke` run
 Log = Callable[[str], None]
 
 
-def _quiet(_line: str) -> None:
-    pass
-
-
 class RestoreFailed(Exception):
     """A failure after the first write: `written` says what was changed."""
 
@@ -304,7 +300,8 @@ def found_set(
     if found.kind == "http":
         from initrd_composer.boot.sources.http_set import SetUrl, set_base  # noqa: PLC0415
 
-        return SetUrl(set_base(url or str(found.source), restore_subdir), log=log or _quiet)
+        base = set_base(url or str(found.source), restore_subdir)
+        return SetUrl(base, log=log) if log is not None else SetUrl(base)
     if found.kind == "tape":
         raise RestoreSetError(
             f"{what} from a mounted set (NFS, CD, USB) or HTTP; a tape is not supported yet",

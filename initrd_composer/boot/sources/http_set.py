@@ -14,12 +14,12 @@ import errno
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from initrd_composer.boot.restore_set.manifest import MANIFEST_NAME
 from initrd_composer.boot.sources import SourceError
 from initrd_composer.boot.sources.http import HttpStream, probe, redact
 from initrd_composer.boot.sources.http_wire import Log, quiet
 
 SMALL_FILE_MAX = 256 << 20  # the manifest of a machine with millions of files stays below
-MANIFEST_NAME = "manifest.json"
 
 
 def set_base(url: str, subdir: str | None = None) -> str:
