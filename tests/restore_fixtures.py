@@ -4,6 +4,8 @@ image's `capture` mode onto a disk labelled CAPTURE, and an NFS server exporting
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -119,6 +121,8 @@ class SetExports:
     no_manifest: str  # the same set without manifest.json
     corrupted: str  # one archive with one byte flipped
     corrupted_archive: str  # its file name
+    wrong_version: str  # the manifest of a newer release (version 99)
+    unsupported: str  # the layout of a machine with a LUKS volume, as capture records one
 
 
 def _copy_linked(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
@@ -147,12 +151,34 @@ def export_dirs(
         byte = f.read(1)
         f.seek(size // 2)
         f.write(bytes([byte[0] ^ 0xFF]))
+    newer = base / "wrong-version"
+    _copy_linked(captured.set_dir, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
+    luks = base / "unsupported"
+    _copy_linked(captured.set_dir, luks)
+    layout = json.loads((luks / "layout.json").read_text())
+    layout["refused"].append({"kind": "signature", "name": "/dev/vdb", "reason": "LUKS encrypted"})
+    _rewrite_extra(luks, "layout.json", json.dumps(layout, indent=1).encode())
     exports: list[nfs_server.Export] = [
         nfs_server.Export(captured.set_dir, GOOD_EXPORT),
         nfs_server.Export(bad, "/no-manifest"),
         nfs_server.Export(damaged, "/corrupted"),
+        nfs_server.Export(newer, "/wrong-version"),
+        nfs_server.Export(luks, "/unsupported"),
     ]
     return base, exports
+
+
+def _rewrite_extra(set_dir: Path, name: str, data: bytes) -> None:
+    """A file of the set replaced, with its sha256 and size in the manifest (as a capture that
+    wrote it so would have recorded them)."""
+    (set_dir / name).write_bytes(data)
+    manifest = json.loads((set_dir / "manifest.json").read_text())
+    for extra in manifest["extras"]:
+        if extra["file"] == name:
+            extra.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    (set_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
 GOOD_EXPORT = "/set"
@@ -165,7 +191,9 @@ GOOD_EXPORT = "/set"
 def set_exports(export_dirs: tuple[Path, list[nfs_server.Export]], tmp_path: Path) -> Iterator[SetExports]:
     _base, exports = export_dirs
     with nfs_server.NfsServer(tmp_path / "nfs", exports, port_wait=PORT_WAIT_S) as server:
-        yield SetExports(GOOD_EXPORT, "/no-manifest", "/corrupted", "srv.pax.zst")
+        yield SetExports(
+            GOOD_EXPORT, "/no-manifest", "/corrupted", "srv.pax.zst", "/wrong-version", "/unsupported"
+        )
         server.check_alive()
 
 

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from initrd_composer.boot.cmdline import parse_cmdline
 from initrd_composer.boot.restore.extract_all import ExtractJob, extract_and_verify, failure_lines
 from initrd_composer.boot.restore.stage import read_set
 from initrd_composer.boot.restore_set import RestoreSetError
+from initrd_composer.boot.sources import Choice, MediaContext
 from initrd_composer.boot.sources.http_set import SetUrl, manifest_url, set_base
+from initrd_composer.boot.sources.http_source import find
 from initrd_composer.capture.set_writer import write_set
 from tests.http_test_server import Drop, Scenario, directory_files, serving
 from tests.test_restore_set_roundtrip import layout_of
@@ -84,3 +87,20 @@ def test_a_stream_that_cannot_resume_fails_naming_the_url(tmp_path: Path) -> Non
     assert len(failures) == 1, failures
     assert failures[0].startswith(f"root: cannot read root.pax.zst: {base}/set/root.pax.zst: "), failures
     assert "ignores Range" in failures[0]
+
+
+def _found_in(mode: str, url: str) -> str:
+    up = {"ok": True, "interfaces": [{"address": "x"}]}
+    ctx = MediaContext(cfg=parse_cmdline(f"{mode} url={url}"), timeout_s=5, log=lambda _line: None,
+                       sleep=lambda _s: None, network=up)  # fmt: skip
+    return str(find(ctx, Choice("http", url, "url=")).source)
+
+
+def test_expert_finds_the_set_by_its_manifest_else_takes_the_url_as_given(tmp_path: Path) -> None:
+    set_dir = _set(tmp_path)
+    files = directory_files(set_dir, "/set/")
+    with serving(Scenario(files=files)) as base:
+        assert _found_in("expert", base + "/set/") == base + "/set/manifest.json"
+        assert _found_in("expert", base + "/set/layout.json") == base + "/set/layout.json"
+        with pytest.raises(Exception, match="404"):
+            _found_in("nuke", base + "/set/layout.json/")

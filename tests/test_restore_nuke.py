@@ -9,7 +9,9 @@ kernel could not), an NFS server exports the set, and `nuke` restores it:
 - onto a smaller virtio-scsi disk that still holds every filesystem's data;
 - onto a disk too small: refused, the disk's bytes unchanged;
 - from a set whose archive has a flipped byte: the restore fails, naming what is damaged;
-- from a set without its manifest: refused before any write.
+- from a set without its manifest, of a newer release's format, or of a machine with what
+  the restore cannot make (a LUKS volume), and onto a machine with no writable disk:
+  refused before any write, the disk's bytes unchanged.
 
 Each restored disk boots from SeaBIOS through its own GRUB and rebuilt initramfs to the
 source's marker (with its swap on the new device name), and the host compares every file of
@@ -181,16 +183,29 @@ def test_a_disk_too_small_is_refused_and_left_unchanged(
     assert sparse_sha256(disk) == before
 
 
-def test_a_set_without_its_manifest_is_refused_before_any_write(
-    all_nics_image: BuiltImage, set_exports: SetExports, tmp_path: Path
+# (the set's export, the disk's drive options, what the refusal says)
+REFUSALS = {
+    "no-manifest": ("no_manifest", "", "is incomplete: no manifest.json"),
+    "wrong-version": ("wrong_version", "", "restore-set manifest version 99 is not supported"),
+    "luks": ("unsupported", "", "the saved machine holds what the restore cannot recreate: /dev/vdb: LUKS"),
+    "no-writable-disk": ("good", ",readonly=on", "too few target disks (0 usable for 1 source disks)"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_what_cannot_be_restored_is_refused_before_any_write(
+    all_nics_image: BuiltImage, set_exports: SetExports, tmp_path: Path, case: str
 ) -> None:
+    """The last case: the machine's only disk is read-only, so there is no disk to write."""
+    which, drive, says = REFUSALS[case]
     disk = blank_disk(tmp_path / "disk.img", 8 * GIB, pattern=b"untouched" * 1000)
     before = sparse_sha256(disk)
     lines, restore = _restore_direct(
-        all_nics_image, set_exports.no_manifest, ["-drive", f"file={disk},format=raw,if=virtio"]
+        all_nics_image, getattr(set_exports, which), ["-drive", f"file={disk},format=raw,if=virtio{drive}"]
     )
-    assert "is incomplete: no manifest.json" in str(restore.get("refused")), restore
-    assert not any("restore plan:" in line for line in lines)  # refused at step 1
+    assert restore.get("ok") is False and says in str(restore.get("refused")), restore
+    assert any(f"restore refused, nothing written: {says}" in line for line in lines), "\n".join(lines[-40:])
+    assert not any("restore plan:" in line for line in lines)  # refused before the plan was made
     assert sparse_sha256(disk) == before
 
 

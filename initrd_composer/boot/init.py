@@ -146,6 +146,10 @@ def run_stages(cmdline: str, t_start: float) -> None:
         return
     if mode != "expert":
         log(f"mode {mode}: this image has no {mode} stage yet; starting the expert shell")
+    if found is not None:
+        from initrd_composer.boot.restore.stage import note_found  # noqa: PLC0415
+
+        note_found(found, cfg.restore_set, cfg.url, log)
     run_shell("expert mode")
 
 

@@ -68,7 +68,10 @@ sys.exit(main())
 
 # Commands of the rescue shell: image path -> the boot-side module whose main() they run.
 # (`nuke` in the shell is a function of /etc/profile that runs initrd-composer-nuke.)
-SHELL_COMMANDS = {"usr/sbin/initrd-composer-nuke": "initrd_composer.boot.restore.again"}
+SHELL_COMMANDS = {
+    "usr/sbin/initrd-composer-nuke": "initrd_composer.boot.restore.again",
+    "usr/sbin/initrd-composer-restore": "initrd_composer.boot.restore.step_command",
+}
 
 
 def canonical_paths(entries: Iterable[Entry]) -> list[Entry]:

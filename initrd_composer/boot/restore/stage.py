@@ -25,6 +25,7 @@ from initrd_composer.boot.restore.device_names import device_map
 from initrd_composer.boot.restore.extract_all import ExtractJob, extract_and_verify, failure_lines
 from initrd_composer.boot.restore.fixups import FixupFailed, run_fixups
 from initrd_composer.boot.restore.from_layout import plan_inputs
+from initrd_composer.boot.restore.model import TargetDisk
 from initrd_composer.boot.restore.plan_text import plan_dict, plan_lines, refusal_dict, refusal_lines
 from initrd_composer.boot.restore.sizing import RestorePlan, plan_restore
 from initrd_composer.boot.restore.targets import protect, read_target_disks, used_devices
@@ -117,8 +118,16 @@ def read_set(where: Path | SetLocation) -> tuple[Manifest, dict[str, Any]]:
     return manifest, layout
 
 
-def make_plan(layout: Mapping[str, Any], set_devices: list[str], *, resize: bool = True) -> RestorePlan:
-    """Steps 2-3: this machine's disks, those never written, the mapping and every size."""
+def machine_disks(set_devices: list[str]) -> list[TargetDisk]:
+    """This machine's disks, those the rescue system uses or the set lies on marked protected."""
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    swaps = Path("/proc/swaps").read_text() if Path("/proc/swaps").exists() else ""
+    in_use = used_devices(mountinfo, swaps)
+    return protect(read_target_disks(), restore_set_devices=set_devices, in_use=in_use)
+
+
+def make_plan(layout: Mapping[str, Any], disks: list[TargetDisk], *, resize: bool = True) -> RestorePlan:
+    """Steps 2-3: the mapping and every size onto `disks` (machine_disks)."""
     uefi = (layout.get("bootloader") or {}).get("uefi") or {}
     if uefi.get("booted_uefi"):
         # its files would come back, but no NVRAM boot entry: a machine that does not boot
@@ -129,12 +138,7 @@ def make_plan(layout: Mapping[str, Any], set_devices: list[str], *, resize: bool
             "--target=x86_64-efi and efibootmgr in a chroot",
         )
     inputs = plan_inputs(layout)
-    mountinfo = Path("/proc/self/mountinfo").read_text()
-    swaps = Path("/proc/swaps").read_text() if Path("/proc/swaps").exists() else ""
-    targets = protect(
-        read_target_disks(), restore_set_devices=set_devices, in_use=used_devices(mountinfo, swaps)
-    )
-    return plan_restore(inputs.sources, targets, inputs.vgs, inputs.arrays, resize=resize)
+    return plan_restore(inputs.sources, disks, inputs.vgs, inputs.arrays, resize=resize)
 
 
 def _mount_point(fs: Mapping[str, Any]) -> str:
@@ -170,29 +174,36 @@ class Prepared:
     plan: RestorePlan
     mapping: dict[str, str]
     targets: list[FsTarget]
+    disks: list[TargetDisk]  # what the plan was made on
 
 
 def prepare(
-    location: SetLocation, set_devices: list[str], section: dict[str, Any], log: Log, *, resize: bool = True
+    location: SetLocation, set_devices: list[str], section: dict[str, Any], log: Log, *, resize: bool = True,
+    disks: list[TargetDisk] | None = None, checks: bool = True,
 ) -> Prepared:
     """Steps 1-4: read and check the set, plan, try every mkfs option set; fills `section`.
-    Raises RestoreSetError/RestoreRefused; writes nothing."""
+    Raises RestoreSetError/RestoreRefused; writes nothing. `disks`: plan on these (an expert
+    step repeating the plan it was shown) instead of the machine's; checks=False: no mkfs
+    trial, no busy check (a step after the storage was made)."""
     manifest, layout = read_set(location)
     log(
         f"restore: set {location.shown}: {len(manifest.archives)} archives, "
         f"{sum(len(a.files) for a in manifest.archives)} files"
     )
-    plan = make_plan(layout, set_devices, resize=resize)
+    disks = machine_disks(set_devices) if disks is None else disks
+    plan = make_plan(layout, disks, resize=resize)
     section["plan"] = plan_dict(plan)
-    if not resize:
-        log("restore plan: noresize: every partition keeps its saved size")
-    for line in plan_lines(plan):
-        log(f"restore plan: {line}")
+    if checks:
+        if not resize:
+            log("restore plan: noresize: every partition keeps its saved size")
+        for line in plan_lines(plan):
+            log(f"restore plan: {line}")
     mapping = dict(device_map(plan))
     targets = fs_targets(layout, mapping, plan)
-    preflight(targets)
-    refuse_busy(plan)
-    return Prepared(location, manifest, layout, plan, mapping, targets)
+    if checks:
+        preflight(targets)
+        refuse_busy(plan)
+    return Prepared(location, manifest, layout, plan, mapping, targets, disks)
 
 
 def make_storage(p: Prepared, written: Written) -> None:
@@ -317,6 +328,35 @@ def note_source(location: SetLocation, set_devices: list[str]) -> dict[str, Any]
     return {"url": getattr(location, "base", ""), "devices": set_devices}
 
 
+def _set_devices(found: Any) -> list[str]:
+    return [found.source] if str(found.source).startswith("/dev/") else []
+
+
+def note_found(found: Any, restore_subdir: str | None, url: str | None, log: Log) -> None:
+    """expert: the set the media stage found, noted for the shell's `restore` and `nuke`."""
+    if found is None or (found.kind == "http" and not str(found.source).endswith(MANIFEST_NAME)):
+        return  # a URL with no set behind it
+    try:
+        location = found_set(found, restore_subdir, "the shell's `restore` steps read", url, log)
+    except RestoreSetError as exc:
+        log(f"restore steps: {exc.message}")
+        return
+    write_source_note(location, _set_devices(found), log)
+    log(f"restore set {location.shown}: `restore plan` in the shell starts a restore step by step "
+        "(`restore help`)")  # fmt: skip
+
+
+def write_source_note(location: SetLocation, set_devices: list[str], log: Log) -> None:
+    """SOURCE_NOTE, readable by root only (a URL's password)."""
+    try:
+        SOURCE_NOTE.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(SOURCE_NOTE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(note_source(location, set_devices), f)
+    except OSError as exc:
+        log(f"cannot note the restore set for the shell's `nuke` and `restore`: {exc}")
+
+
 def noted_location(note: Mapping[str, Any], log: Log) -> SetLocation:
     if note.get("url"):
         from initrd_composer.boot.sources.http_set import SetUrl  # noqa: PLC0415
@@ -334,14 +374,8 @@ def run_nuke(
         location = found_set(found, restore_subdir, "nuke restores", url, log)
     except RestoreSetError as exc:
         return _refused({"ok": False, "mode": "nuke", "seconds": 0.0}, exc, log)
-    set_devices = [found.source] if str(found.source).startswith("/dev/") else []
-    try:
-        SOURCE_NOTE.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(SOURCE_NOTE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a URL's password
-        with os.fdopen(fd, "w") as f:
-            json.dump(note_source(location, set_devices), f)
-    except OSError as exc:
-        log(f"cannot note the restore set for a later `nuke`: {exc}")
+    set_devices = _set_devices(found)
+    write_source_note(location, set_devices, log)
     return run_nuke_at(location, set_devices, log, resize=resize)
 
 

@@ -2,7 +2,9 @@
 the restore stage then reads it with `HttpStream` (Range resume), never staging it in RAM.
 In the modes that read a restore set (nuke, compare) `url=` names the set's directory, and
 the file asked for is its manifest (`restore_set=NAME` a directory below): it is written last,
-so its answering means a complete capture is there.
+so its answering means a complete capture is there. In `expert` the manifest is asked for
+first too (the shell's `restore` steps read the set), then, when it is not there, the URL as
+given (a shell user may want any file from the server).
 
 In `probe` mode the stage reads the whole body once, as a restore would, and reports its
 sha256, size and how many times the read resumed after a dropped connection: a check that
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 
-from initrd_composer.boot.sources import Choice, Found, MediaContext, network_down
+from initrd_composer.boot.sources import Choice, Found, MediaContext, SourceError, network_down
 from initrd_composer.boot.sources.http import HttpStream, probe
 from initrd_composer.boot.sources.http_set import manifest_url
 
@@ -36,11 +38,17 @@ def find(ctx: MediaContext, choice: Choice) -> Found:
     down = network_down(ctx)
     if down is not None:
         raise down
-    mode = getattr(ctx.cfg, "mode", None)
+    mode = getattr(ctx.cfg, "mode", None) or "expert"
     url = choice.spec
-    if mode in SET_MODES:
+    timeout_s = min(10.0, ctx.timeout_s)
+    if mode in (*SET_MODES, "expert"):
         url = manifest_url(url, getattr(ctx.cfg, "restore_set", None))
-    answer = probe(url, timeout_s=min(10.0, ctx.timeout_s), retries=2, sleep=ctx.sleep, log=ctx.log)
+    try:
+        answer = probe(url, timeout_s=timeout_s, retries=2, sleep=ctx.sleep, log=ctx.log)
+    except SourceError:
+        if mode != "expert" or url == choice.spec:
+            raise
+        answer = probe(choice.spec, timeout_s=timeout_s, retries=2, sleep=ctx.sleep, log=ctx.log)
     data: dict[str, object] = {
         "status": answer.status, "size": answer.size, "accept_ranges": answer.accept_ranges,
         "etag": answer.etag, "last_modified": answer.last_modified, "final_url": answer.final_url,
