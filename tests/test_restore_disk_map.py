@@ -135,3 +135,31 @@ def test_deterministic_whatever_the_target_order(src_gib: list[int], tgt_gib: li
     assert outcome(shuffled) == first
     if isinstance(first, list):
         assert len({t for _s, t, _r in first}) == len(sources)  # one source disk per target disk
+
+
+def test_a_disk_chosen_at_the_console_comes_first_and_the_rest_map_as_usual() -> None:
+    sources = [src("vda", 6, serial="S1"), src("vdb", 2)]
+    targets = [tgt("sda", 8, serial="S1"), tgt("sdb", 10), tgt("sdc", 3)]
+    assigned = map_disks(sources, targets, pinned={"vda": "sdb"})
+    assert [(a.source.name, a.target.name, a.reason) for a in assigned] == [
+        ("vda", "sdb", "chosen at the console"), ("vdb", "sdc", "by size"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("choice", "says"),
+    [("sdz", "source disk vda was sent to sdz, which this machine does not have"),
+     ("sdb", "source disk vda was sent to sdb, which holds the restore set"),
+     ("sdc", "source disk vda was sent to sdc (1.0 GiB), which cannot hold it: it needs at least 6.0 GiB")],
+)  # fmt: skip
+def test_a_console_choice_that_cannot_be_is_refused_naming_it(choice: str, says: str) -> None:
+    targets = [tgt("sda", 8), tgt("sdb", 10, holds_restore_set=True), tgt("sdc", 1)]
+    with pytest.raises(RestoreRefused) as refused:
+        map_disks([src("vda", 6)], targets, pinned={"vda": choice})
+    assert refused.value.message == says
+
+
+def test_two_source_disks_sent_to_one_target_are_refused() -> None:
+    with pytest.raises(RestoreRefused, match="vdb was sent to sda, which another source disk takes"):
+        map_disks([src("vda", 2), src("vdb", 2)], [tgt("sda", 8), tgt("sdb", 8)],
+                  pinned={"vda": "sda", "vdb": "sda"})  # fmt: skip

@@ -135,7 +135,7 @@ def run_stages(cmdline: str, t_start: float) -> None:
         power("power off")
         return
     mode = cfg.mode or "expert"
-    if mode == "nuke":
+    if mode in ("nuke", "interactive"):
         restore_stage(cfg, report, found)
         return
     if mode == "capture":
@@ -158,7 +158,12 @@ def restore_stage(cfg: BootConfig, report: dict[str, Any], found: Any) -> None:
     a refusal: the shell, with the restore set still mounted)."""
     from initrd_composer.boot.restore.stage import restore_detail, run_nuke  # noqa: PLC0415
 
-    section = run_nuke(found, cfg.restore_set, log, url=cfg.url, resize=not cfg.noresize)
+    if cfg.mode == "interactive":
+        from initrd_composer.boot.interactive.stage import run_interactive  # noqa: PLC0415
+
+        section = run_interactive(found, cfg.restore_set, log, url=cfg.url)
+    else:
+        section = run_nuke(found, cfg.restore_set, log, url=cfg.url, resize=not cfg.noresize)
     report["restore"] = section
     stage_line("restore", section["ok"], restore_detail(section))
     emit(publish(report))

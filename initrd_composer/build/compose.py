@@ -29,6 +29,7 @@ from initrd_composer.build.microcode import microcode_segment
 from initrd_composer.build.module_files import ModinfoCache, default_cache_dir
 from initrd_composer.build.module_plan import DEFAULT_CLASSES, ModulePlan, plan_modules
 from initrd_composer.build.python_runtime import DEFAULT_BOOT_PACKAGES, DEFAULT_PYTHON, plan_python_runtime
+from initrd_composer.build.terminfo import terminfo_entries
 from initrd_composer.build.tools_runtime import ToolsRuntime, plan_tools_runtime
 from initrd_composer.errors import ComposeError
 from initrd_composer.image.compression import compressing
@@ -132,8 +133,10 @@ def plan_image(opts: BuildOptions) -> ImagePlan:
     )
     python_path = RootFS(opts.root).resolve(str(opts.python)).path
     ca_entries, ca_warnings = ca_bundle_entries(opts.root)
+    terminfo, terminfo_warnings = terminfo_entries(opts.root)
     entries = canonical_paths([
         *ca_entries,
+        *terminfo,
         *skeleton_entries(),
         *_device_nodes(),
         *tools.entries,
@@ -146,7 +149,7 @@ def plan_image(opts: BuildOptions) -> ImagePlan:
         *(data_entry(path, shell_command_script("/" + python_path, module), mode=0o755, origin="boot side")
           for path, module in SHELL_COMMANDS.items()),
     ])
-    warnings = [*tools.warnings, *ca_warnings]
+    warnings = [*tools.warnings, *ca_warnings, *terminfo_warnings]
     if firmware.missing:
         warnings.append(
             f"{len(firmware.missing)} firmware files named by packed modules are not installed "

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from initrd_composer.boot.cmdline import MODES  # the words /init reads: one list for both sides
 from initrd_composer.errors import ComposeError, UsageError
 
-# Each entry says what the mode does today: `interactive` is not built yet (it finds the
-# restore data, then the shell), so no menu promises a restore it cannot make.
+# Each entry says what the mode does, so no menu promises what it cannot do.
 TITLES = {
     "nuke": "nuke: erase the disks and restore automatically, verified",
-    "interactive": "interactive: guided restore (not yet: finds the data, then a shell)",
+    "interactive": "interactive: choose disks, sizes and filesystems, then restore",
     "compare": "compare: report what differs from the backup, writing nothing",
-    "expert": "expert: a shell with every driver loaded",
+    "expert": "expert: a shell with every driver and the restore steps as commands",
     "probe": "probe: report the hardware this image drives, then power off",
     "capture": "capture: write a restore set of this machine to capture_to=",
 }

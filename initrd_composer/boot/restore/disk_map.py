@@ -3,6 +3,9 @@
 ReaR once mapped disks by size alone and wiped the disk holding the backup; MondoRescue went
 wrong when the kernel named the disks in another order. So:
 
+0. A choice made at the console (`pinned`: source disk -> target disk, the interactive
+   mode's mapping) comes first; a chosen disk that may never be written, is missing or too
+   small refuses the mapping, naming the choice.
 1. A target disk that holds the restore set or is the boot medium, or whose name, WWN or
    serial is among the excluded ones, is never a candidate, even when it is the only one that
    would fit (the refusal then says so).
@@ -49,9 +52,11 @@ def map_disks(
     targets: Iterable[TargetDisk],
     excluded: Iterable[str] = (),
     minimum_bytes: Mapping[str, int] | None = None,
+    pinned: Mapping[str, str] | None = None,
 ) -> tuple[DiskAssignment, ...]:
     """The assignments in the sources' saved order. `minimum_bytes` is the smallest target each
-    source disk (by name) may go to (from sizing); a disk missing from it must not shrink."""
+    source disk (by name) may go to (from sizing); a disk missing from it must not shrink.
+    `pinned`: target disk names the user chose, by source disk name."""
     source_list = list(sources)
     ordered = sorted(targets, key=lambda t: (t.name, t.size_bytes))
     excluded_set = frozenset(excluded)
@@ -64,6 +69,14 @@ def map_disks(
         return min(minimum.get(src.name, src.size_bytes), src.size_bytes)
 
     for src in source_list:
+        name = (pinned or {}).get(src.name)
+        if name is not None:
+            target = _pinned_target(src, name, ordered=ordered, free=free, why_not=why_not, need=need(src))
+            chosen[src.name] = DiskAssignment(src, target, "chosen at the console")
+            free.remove(target)
+    for src in source_list:
+        if src.name in chosen:
+            continue
         match = _identity_match(src, free, need(src))
         if match is not None:
             target, reason = match
@@ -79,6 +92,29 @@ def map_disks(
         chosen[src.name] = DiskAssignment(src, fit, "by size")
         free.remove(fit)
     return tuple(chosen[src.name] for src in source_list)
+
+
+def _pinned_target(
+    src: SourceDisk, name: str, *, ordered: list[TargetDisk], free: list[TargetDisk],
+    why_not: dict[str, str], need: int,
+) -> TargetDisk:
+    target = next((t for t in ordered if t.name == name), None)
+    if target is None:
+        raise RestoreRefused(f"source disk {src.name} was sent to {name}, which this machine does not have",
+                             "choose one of the target disks listed")  # fmt: skip
+    if why_not[name]:
+        raise RestoreRefused(f"source disk {src.name} was sent to {name}, which {why_not[name]}",
+                             "choose another target disk: this one is never written")  # fmt: skip
+    if target not in free:
+        raise RestoreRefused(f"source disk {src.name} was sent to {name}, which another source disk takes",
+                             "send each source disk to a disk of its own")  # fmt: skip
+    if target.size_bytes < need:
+        raise RestoreRefused(
+            f"source disk {src.name} was sent to {name} ({human_bytes(target.size_bytes)}), which cannot "
+            f"hold it: it needs at least {human_bytes(need)}",
+            "choose a larger disk, or boot without noresize to let it shrink",
+        )
+    return target
 
 
 def _identity_match(src: SourceDisk, free: list[TargetDisk], need: int) -> tuple[TargetDisk, str] | None:

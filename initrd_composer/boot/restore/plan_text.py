@@ -16,7 +16,7 @@ from initrd_composer.boot.restore.sizing import (
 )
 
 
-def _disk_text(disk: SourceDisk | TargetDisk) -> str:
+def disk_text(disk: SourceDisk | TargetDisk) -> str:
     ids = [f"{label} {value}" for label, value in (("WWN", disk.wwn), ("serial", disk.serial)) if value]
     return ", ".join([f"{disk.transport or 'disk'} {human_bytes(disk.size_bytes)}", *ids])
 
@@ -59,13 +59,13 @@ def plan_lines(plan: RestorePlan) -> list[str]:
     lines: list[str] = []
     for disk in plan.disks:
         a = disk.assignment
-        source = f"{a.source.name} ({_disk_text(a.source)})"
-        lines.append(f"{source} -> {a.target.name} ({_disk_text(a.target)}): {a.reason}")
+        source = f"{a.source.name} ({disk_text(a.source)})"
+        lines.append(f"{source} -> {a.target.name} ({disk_text(a.target)}): {a.reason}")
         lines.extend(_partition_line(disk, part) for part in disk.partitions)
     for vg in plan.vgs:
         lines.extend(_vg_lines(vg))
     lines.extend(_md_line(md) for md in plan.arrays)
-    lines.extend(f"not written: {t.name} ({_disk_text(t)}): {why}" for t, why in plan.unused)
+    lines.extend(f"not written: {t.name} ({disk_text(t)}): {why}" for t, why in plan.unused)
     return lines
 
 

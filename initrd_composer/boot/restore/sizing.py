@@ -26,7 +26,7 @@ refused, never shrunk. Volume groups and arrays then keep their sizes too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from initrd_composer.boot.restore import RestoreRefused
@@ -162,26 +162,29 @@ def plan_restore(
     excluded: Iterable[str] = (),
     *,
     resize: bool = True,
+    pinned: Mapping[str, str] | None = None,
 ) -> RestorePlan:
     """Map, size and check everything, or raise RestoreRefused; nothing here writes.
-    `resize=False`: the saved partition sizes, kept (`noresize`)."""
+    `resize=False`: the saved partition sizes, kept (`noresize`); `pinned`: target disks chosen
+    at the console, by source disk name (disk_map)."""
     refuse_unrestorable(sources, vgs, arrays)
     target_list = sorted(targets, key=lambda t: t.name)
     excluded = frozenset(excluded)
     if not resize:
-        plan = _plan_kept(sources, target_list, vgs, arrays, excluded)
+        plan = _plan_kept(sources, target_list, vgs, arrays, excluded, pinned=pinned)
     else:
-        plan = _plan(sources, target_list, vgs, arrays, excluded)
+        plan = _plan(sources, target_list, vgs, arrays, excluded, pinned=pinned)
     used = {d.assignment.target.name for d in plan.disks}
     unused = tuple((t, exclusion_of(t, excluded) or "not needed") for t in target_list if t.name not in used)
     return RestorePlan(plan.disks, plan.vgs, plan.arrays, unused)
 
 
 def _plan_kept(sources: Sequence[SourceDisk], target_list: list[TargetDisk], vgs: Sequence[VolumeGroup],
-               arrays: Sequence[MdArray], excluded: frozenset[str]) -> RestorePlan:
+               arrays: Sequence[MdArray], excluded: frozenset[str], *,
+               pinned: Mapping[str, str] | None) -> RestorePlan:  # fmt: skip
     kept = {d.name: span_bytes(d) for d in sources}
     try:
-        assignments = map_disks(sources, target_list, excluded, kept)
+        assignments = map_disks(sources, target_list, excluded, kept, pinned)
     except RestoreRefused as refused:
         raise RestoreRefused(f"{refused.message} (noresize: its partitions at their saved sizes)",
                              f"boot without noresize to let the restore fit them\n{refused.hint}") from None
@@ -189,10 +192,11 @@ def _plan_kept(sources: Sequence[SourceDisk], target_list: list[TargetDisk], vgs
 
 
 def _plan(sources: Sequence[SourceDisk], target_list: list[TargetDisk], vgs: Sequence[VolumeGroup],
-          arrays: Sequence[MdArray], excluded: frozenset[str]) -> RestorePlan:
+          arrays: Sequence[MdArray], excluded: frozenset[str], *,
+          pinned: Mapping[str, str] | None) -> RestorePlan:  # fmt: skip
     minimum = {d.name: minimum_disk_bytes(d, vgs, arrays) for d in sources}
     try:
-        return _sized(map_disks(sources, target_list, excluded, minimum), vgs, arrays)
+        return _sized(map_disks(sources, target_list, excluded, minimum, pinned), vgs, arrays)
     except RestoreRefused as refused:
         if not refused.message.startswith("cannot place"):
             raise
@@ -200,7 +204,7 @@ def _plan(sources: Sequence[SourceDisk], target_list: list[TargetDisk], vgs: Seq
     # The minimum is an estimate: the exact sizing on the disks a shrink would pick decides, and
     # when it refuses too, the refusal names the filesystem that does not fit.
     try:
-        anywhere = map_disks(sources, target_list, excluded, dict.fromkeys(minimum, 0))
+        anywhere = map_disks(sources, target_list, excluded, dict.fromkeys(minimum, 0), pinned)
     except RestoreRefused:
         raise unplaced from None
     try:

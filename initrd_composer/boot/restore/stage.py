@@ -126,8 +126,12 @@ def machine_disks(set_devices: list[str]) -> list[TargetDisk]:
     return protect(read_target_disks(), restore_set_devices=set_devices, in_use=in_use)
 
 
-def make_plan(layout: Mapping[str, Any], disks: list[TargetDisk], *, resize: bool = True) -> RestorePlan:
-    """Steps 2-3: the mapping and every size onto `disks` (machine_disks)."""
+def make_plan(
+    layout: Mapping[str, Any], disks: list[TargetDisk], *, resize: bool = True,
+    pinned: Mapping[str, str] | None = None,
+) -> RestorePlan:
+    """Steps 2-3: the mapping and every size onto `disks` (machine_disks); `pinned`: target
+    disks chosen at the console, by saved disk name."""
     uefi = (layout.get("bootloader") or {}).get("uefi") or {}
     if uefi.get("booted_uefi"):
         # its files would come back, but no NVRAM boot entry: a machine that does not boot
@@ -138,7 +142,7 @@ def make_plan(layout: Mapping[str, Any], disks: list[TargetDisk], *, resize: boo
             "--target=x86_64-efi and efibootmgr in a chroot",
         )
     inputs = plan_inputs(layout)
-    return plan_restore(inputs.sources, disks, inputs.vgs, inputs.arrays, resize=resize)
+    return plan_restore(inputs.sources, disks, inputs.vgs, inputs.arrays, resize=resize, pinned=pinned)
 
 
 def _mount_point(fs: Mapping[str, Any]) -> str:
@@ -175,11 +179,13 @@ class Prepared:
     mapping: dict[str, str]
     targets: list[FsTarget]
     disks: list[TargetDisk]  # what the plan was made on
+    left_out: frozenset[str] = frozenset()  # archives not extracted (made empty): interactive
 
 
 def prepare(
     location: SetLocation, set_devices: list[str], section: dict[str, Any], log: Log, *, resize: bool = True,
-    disks: list[TargetDisk] | None = None, checks: bool = True,
+    disks: list[TargetDisk] | None = None, checks: bool = True, pinned: Mapping[str, str] | None = None,
+    left_out: frozenset[str] = frozenset(),
 ) -> Prepared:
     """Steps 1-4: read and check the set, plan, try every mkfs option set; fills `section`.
     Raises RestoreSetError/RestoreRefused; writes nothing. `disks`: plan on these (an expert
@@ -191,7 +197,7 @@ def prepare(
         f"{sum(len(a.files) for a in manifest.archives)} files"
     )
     disks = machine_disks(set_devices) if disks is None else disks
-    plan = make_plan(layout, disks, resize=resize)
+    plan = make_plan(layout, disks, resize=resize, pinned=pinned)
     section["plan"] = plan_dict(plan)
     if checks:
         if not resize:
@@ -203,7 +209,7 @@ def prepare(
     if checks:
         preflight(targets)
         refuse_busy(plan)
-    return Prepared(location, manifest, layout, plan, mapping, targets, disks)
+    return Prepared(location, manifest, layout, plan, mapping, targets, disks, left_out)
 
 
 def make_storage(p: Prepared, written: Written) -> None:
@@ -215,12 +221,13 @@ def make_storage(p: Prepared, written: Written) -> None:
 
 
 def restore(
-    location: SetLocation, set_devices: list[str], section: dict[str, Any], log: Log, *, resize: bool = True
+    location: SetLocation, set_devices: list[str], section: dict[str, Any], log: Log, *, resize: bool = True,
+    pinned: Mapping[str, str] | None = None, left_out: frozenset[str] = frozenset(),
 ) -> None:
     """Steps 1-8; fills `section` as it goes. Raises RestoreSetError/RestoreRefused before the
-    first write, RestoreFailed after it."""
+    first write, RestoreFailed after it. `pinned`, `left_out`: the interactive mode's choices."""
     started = time.monotonic()
-    p = prepare(location, set_devices, section, log, resize=resize)
+    p = prepare(location, set_devices, section, log, resize=resize, pinned=pinned, left_out=left_out)
     written = Written()
     section["written"] = written.__dict__
     try:
@@ -235,8 +242,12 @@ def restore(
 
 
 def archived(p: Prepared) -> list[tuple[FsTarget, ArchiveRecord]]:
-    """The filesystems that have an archive, with it."""
-    return [(t, p.manifest.archive(str(t.record["archive"]))) for t in p.targets if t.record.get("archive")]
+    """The filesystems that have an archive to restore, with it."""
+    return [
+        (t, p.manifest.archive(str(t.record["archive"])))
+        for t in p.targets
+        if t.record.get("archive") and str(t.record["archive"]) not in p.left_out
+    ]
 
 
 def extract(p: Prepared, *, section: dict[str, Any], log: Log) -> None:
@@ -328,7 +339,7 @@ def note_source(location: SetLocation, set_devices: list[str]) -> dict[str, Any]
     return {"url": getattr(location, "base", ""), "devices": set_devices}
 
 
-def _set_devices(found: Any) -> list[str]:
+def set_devices_of(found: Any) -> list[str]:
     return [found.source] if str(found.source).startswith("/dev/") else []
 
 
@@ -341,7 +352,7 @@ def note_found(found: Any, restore_subdir: str | None, url: str | None, log: Log
     except RestoreSetError as exc:
         log(f"restore steps: {exc.message}")
         return
-    write_source_note(location, _set_devices(found), log)
+    write_source_note(location, set_devices_of(found), log)
     log(f"restore set {location.shown}: `restore plan` in the shell starts a restore step by step "
         "(`restore help`)")  # fmt: skip
 
@@ -373,13 +384,15 @@ def run_nuke(
     try:
         location = found_set(found, restore_subdir, "nuke restores", url, log)
     except RestoreSetError as exc:
-        return _refused({"ok": False, "mode": "nuke", "seconds": 0.0}, exc, log)
-    set_devices = _set_devices(found)
+        return refused_section({"ok": False, "mode": "nuke", "seconds": 0.0}, exc, log)
+    set_devices = set_devices_of(found)
     write_source_note(location, set_devices, log)
     return run_nuke_at(location, set_devices, log, resize=resize)
 
 
-def _refused(section: dict[str, Any], exc: RestoreRefused | RestoreSetError, log: Log) -> dict[str, Any]:
+def refused_section(
+    section: dict[str, Any], exc: RestoreRefused | RestoreSetError, log: Log
+) -> dict[str, Any]:
     if isinstance(exc, RestoreRefused):
         section.update(refusal_dict(exc))
         lines = refusal_lines(exc)
@@ -392,16 +405,20 @@ def _refused(section: dict[str, Any], exc: RestoreRefused | RestoreSetError, log
 
 
 def run_nuke_at(
-    location: SetLocation, set_devices: list[str], log: Log, *, resize: bool = True
+    location: SetLocation, set_devices: list[str], log: Log, *, resize: bool = True,
+    pinned: Mapping[str, str] | None = None, left_out: frozenset[str] = frozenset(), mode: str = "nuke",
 ) -> dict[str, Any]:
-    """One restore from a set; the `restore` section (`resize` False: noresize)."""
-    section: dict[str, Any] = {"ok": False, "mode": "nuke", "set": location.shown, "resize": resize}
+    """One restore from a set; the `restore` section (`resize` False: noresize; `pinned`,
+    `left_out`: what `interactive` chose, and `mode` says so)."""
+    section: dict[str, Any] = {"ok": False, "mode": mode, "set": location.shown, "resize": resize}
+    if left_out:
+        section["left_out"] = sorted(left_out)
     started = time.monotonic()
     try:
-        restore(location, set_devices, section, log, resize=resize)
+        restore(location, set_devices, section, log, resize=resize, pinned=pinned, left_out=left_out)
         section["ok"] = True
     except (RestoreRefused, RestoreSetError) as exc:
-        _refused(section, exc, log)
+        refused_section(section, exc, log)
     except RestoreFailed as exc:
         section["error"] = exc.message
         section["written"] = exc.written.__dict__

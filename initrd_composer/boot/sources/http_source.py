@@ -20,7 +20,7 @@ from initrd_composer.boot.sources.http import HttpStream, probe
 from initrd_composer.boot.sources.http_set import manifest_url
 
 READ_SIZE = 1 << 20
-SET_MODES = ("nuke", "compare")
+SET_MODES = ("nuke", "compare", "interactive")
 
 
 def read_through(url: str, ctx: MediaContext) -> dict[str, object]:
