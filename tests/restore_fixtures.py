@@ -44,6 +44,9 @@ RESTORE_MARKS = [
     pytest.mark.xdist_group("source-machine"),
     pytest.mark.timeout(RESTORE_TIMEOUT_S + 600),
 ]
+# Target disk controllers the source never had (the disk's drive id is d0).
+SCSI = ("-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,drive=d0,bus=scsi0.0")
+AHCI_PORT1 = ("-device", "ide-hd,drive=d0,bus=ide.1")  # q35's built-in AHCI, the CD on port 0
 # The NFS tests hold port 2049 a module at a time, on the other worker: wait for them.
 PORT_WAIT_S = 1200.0
 

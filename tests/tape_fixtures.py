@@ -117,10 +117,7 @@ def _script(offsets: dict[str, tuple[int, int]], files: dict[str, str], soname: 
         return f"head -c {off + size} $DISK | tail -c {size} > {dest} && chmod 755 {dest}"
 
     def tape_file(dev: str, role: str, block: int) -> list[str]:
-        off, size = member(files[role])
-        return [f"mt-st -f /dev/${dev} setblk {block}; step setblk-{role} $?",
-                f"dd if=$DISK of=/dev/${dev} bs=1M iflag=skip_bytes,count_bytes skip={off} count={size}"
-                f" 2>/dev/null; step dd-{role} $?"]
+        return copy_to_tape(offsets[files[role]], dev, role, block)
 
     lines = [
         "dmesg -n 1",  # no kernel lines in the middle of a transcript
@@ -158,6 +155,51 @@ def _script(offsets: dict[str, tuple[int, int]], files: dict[str, str], soname: 
         f"echo {DONE}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def copy_to_tape(member: tuple[int, int], dev: str, role: str, block: int) -> list[str]:
+    """Shell lines: the tar member at (offset, size) on $DISK onto the drive $`dev` as one tape
+    file in `block`-byte blocks (st writes its filemark when dd closes the device)."""
+    off, size = member
+    return [f"mt-st -f /dev/${dev} setblk {block}; step setblk-{role} $?",
+            f"dd if=$DISK of=/dev/${dev} bs=1M iflag=skip_bytes,count_bytes skip={off} count={size}"
+            f" 2>/dev/null; step dd-{role} $?"]
+
+
+def copy_writer_disk(dest: Path, layout: Path) -> tuple[Path, str]:
+    """The writer boot's disk and line for one tape (SCSI id 1): the tape-image directory's
+    files onto it, each in the block size the writer used, as `compose-initrd obdr -o
+    /dev/nstN` lays them."""
+    tape = TapeImageDir.open(layout)
+    names = {f"file-{i:03d}.bin": tape.file_path(i) for i in range(len(tape.files))}
+    members: dict[str, bytes | Path] = dict(names)
+    disk = dest / "copy-writer.tar"
+    _writer_tar(disk, b"#" * SCRIPT_SLOT, members)
+    offsets = _member_script(disk, list(members))
+    lines = ["dmesg -n 1", "DISK=/dev/vda", 'step() { echo "TAPE_STEP $1 rc=$2"; }',
+             "A=$(ls /sys/class/scsi_device/*:0:1:0/device/scsi_tape | grep -E '^nst[0-9]+$')",
+             "mt-st -f /dev/$A rewind; step rewind $?"]
+    for i, name in enumerate(names):
+        lines += copy_to_tape(offsets[name], "A", f"file-{i}", tape.files[i]["block_size"])
+    lines += ["mt-st -f /dev/$A rewind; step rewind-end $?", f"echo {DONE}"]
+    script = ("\n".join(lines) + "\n").encode()
+    _writer_tar(disk, script.ljust(SCRIPT_SLOT, b"\n"), members)
+    off, size = _member_script(disk, ["write.sh"])["write.sh"]
+    typed = f"head -c {off + size} /dev/vda | tail -c {size} > /tmp/write.sh; sh /tmp/write.sh\n"
+    return disk, typed
+
+
+def write_tape(image: BuiltImage, disk: Path, typed: str, tape: Path, log: Path) -> qemu_boot.BootResult:
+    """One writer boot into the expert shell, `tape` as SCSI id 1; every step must succeed."""
+    with tape_target.TapeTarget([tape_target.TapeLun(tape)], name="copy", log_path=log) as target:
+        devices = ["-drive", f"file={disk},if=virtio,format=raw,readonly=on", *target.qemu_args()]
+        result = qemu_boot.boot(vmlinuz(image), image.path, "console=ttyS0", devices, timeout=900,
+                                until=DONE, replies=[qemu_boot.Reply("expert mode", typed)])  # fmt: skip
+    lines = list(result.lines)
+    steps = [line for line in lines if line.startswith("TAPE_STEP ")]
+    assert result.reason == "matched" and steps and all(line.endswith(" rc=0") for line in steps), (
+        "\n".join(lines[-60:]))
+    return result
 
 
 def foreign_header() -> bytes:

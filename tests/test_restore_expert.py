@@ -16,6 +16,7 @@ from tests.restore_fixtures import (
     GIB,
     RESTORE_MARKS,
     RESTORE_TIMEOUT_S,
+    SCSI,
     CapturedSet,
     blank_disk,
     boots_to_marker_on,
@@ -26,7 +27,6 @@ import qemu_boot
 
 pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
 pytestmark = RESTORE_MARKS
-SCSI = ("-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,drive=d0,bus=scsi0.0")
 # Typed into the expert shell one by one, each once the previous one's marker line came.
 STEPS = (
     "restore partition",  # refused: no plan yet

@@ -19,6 +19,7 @@ from tests.restore_fixtures import (
     GIB,
     RESTORE_MARKS,
     RESTORE_TIMEOUT_S,
+    SCSI,
     CapturedSet,
     blank_disk,
     boots_to_marker_on,
@@ -30,7 +31,6 @@ import qemu_boot
 
 pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
 pytestmark = RESTORE_MARKS
-SCSI = ("-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,drive=d0,bus=scsi0.0")
 SCREEN_S = 600  # the boot, the network and the set's first plan, under TCG
 
 

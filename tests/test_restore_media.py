@@ -16,6 +16,7 @@ import pytest
 from tests.disk_trees import sparse_sha256
 from tests.image_fixtures import BuiltImage, compose
 from tests.restore_fixtures import (
+    AHCI_PORT1,
     GIB,
     RESTORE_MARKS,
     RESTORE_TIMEOUT_S,
@@ -32,7 +33,6 @@ import qemu_boot
 
 pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
 pytestmark = RESTORE_MARKS
-AHCI_PORT1 = ("-device", "ide-hd,drive=d0,bus=ide.1")  # q35's built-in AHCI, the CD on port 0
 
 
 @pytest.fixture(scope="module")

@@ -210,6 +210,25 @@ def test_what_cannot_be_restored_is_refused_before_any_write(
     assert sparse_sha256(disk) == before
 
 
+def test_a_bios_machine_is_refused_on_uefi_firmware_before_any_write(
+    all_nics_image: BuiltImage, set_exports: SetExports, tmp_path: Path
+) -> None:
+    """The rescue image started by OVMF (UEFI, no CSM): the saved machine's BIOS GRUB would
+    never start on this machine, so nothing is written and the reason says why."""
+    disk = blank_disk(tmp_path / "disk.img", 8 * GIB, pattern=b"untouched" * 1000)
+    before = sparse_sha256(disk)
+    firmware = qemu_boot.ovmf_args(tmp_path / "vars.fd")
+    lines, restore = _restore_direct(
+        all_nics_image, set_exports.good, [*firmware, "-drive", f"file={disk},format=raw,if=virtio"]
+    )
+    refused = str(restore.get("refused"))
+    assert restore.get("ok") is False and "started the rescue system with UEFI" in refused, restore
+    assert "booted BIOS GRUB" in refused and "no EFI system partition" in refused, refused
+    assert any("legacy BIOS (CSM)" in line for line in lines), "\n".join(lines[-40:])
+    assert not any("restore plan:" in line for line in lines)
+    assert sparse_sha256(disk) == before
+
+
 def test_a_corrupted_archive_fails_the_restore_naming_it(
     all_nics_image: BuiltImage, set_exports: SetExports, tmp_path: Path
 ) -> None:

@@ -526,8 +526,12 @@ class _TapeFileStream(io.RawIOBase):
 def open_tape_file(tape: Tape, index: int, *, max_block: int = MAX_BLOCK) -> BinaryIO:
     """Tape file `index` as a read-only byte stream (e.g. for `tarfile.open(mode="r|")`), so
     a restore extracts straight from the tape without a copy."""
-    raw = _TapeFileStream(read_tape_file(tape, index, max_block=max_block))
-    return io.BufferedReader(raw, buffer_size=max(max_block, io.DEFAULT_BUFFER_SIZE))
+    return blocks_stream(read_tape_file(tape, index, max_block=max_block), max_block=max_block)
+
+
+def blocks_stream(blocks: Iterator[bytes], *, max_block: int = MAX_BLOCK) -> BinaryIO:
+    """Records, as they are read, as one byte stream."""
+    return io.BufferedReader(_TapeFileStream(blocks), buffer_size=max(max_block, io.DEFAULT_BUFFER_SIZE))
 
 
 def detect_block_size(tape: Tape, index: int, *, max_block: int = MAX_BLOCK) -> int:

@@ -40,8 +40,17 @@ _NO_EFI = Path("/nonexistent/initrd-composer-no-efi")
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("capture", help="capture a machine (layout and filesystems) into a restore set")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
-                   help="the restore-set directory (created; a mounted NFS share will do)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR|/dev/nstN",
+                   help="the restore-set directory (created; a mounted NFS share will do), or a tape "
+                   "drive: an OBDR tape (header, rescue ISO, the set) it boots and restores from")
+    p.add_argument("--tape", action="store_true",
+                   help="-o is a new tape-image directory, written as an OBDR tape (implied for a drive)")
+    p.add_argument("--stage", type=Path, default=Path("/var/tmp"), metavar="DIR",
+                   help="for a tape: where the set is written first, with room for all of it "
+                   "(removed after; default /var/tmp)")
+    p.add_argument("--initrd", type=Path, default=None, metavar="FILE",
+                   help="for a tape: the rescue initrd its ISO boots (default: one built for the "
+                   "running kernel, as `compose-initrd obdr` builds it)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--root", type=Path, default=None,
                      help="capture the live tree mounted here (default /)")
@@ -105,7 +114,40 @@ def _check_output(out: Path, dry_run: bool) -> Path:
     return resolved
 
 
+def _to_tape(args: argparse.Namespace) -> bool:
+    out: Path = args.output
+    return bool(args.tape) or out.parts[:2] == ("/", "dev") or (out.exists() and out.is_char_device())
+
+
+def capture_to_tape(args: argparse.Namespace) -> int:
+    """`capture -o /dev/nstN`: the set into a stage directory, then `obdr --data` of it onto the
+    tape. The tape's label records the data's size before the data, so the set cannot be
+    streamed straight to the drive; the stage is removed either way."""
+    from initrd_composer.cli.image_verbs import run_verb  # noqa: PLC0415
+    from initrd_composer.cli.main import parse_args  # noqa: PLC0415
+    from initrd_composer.media.obdr_writer import check_target  # noqa: PLC0415
+
+    kind = check_target(args.output)  # before a long capture
+    if args.initrd is not None and not args.initrd.is_file():
+        raise ComposeError(f"--initrd {args.initrd}: no such file", "build one with `compose-initrd -o FILE`")
+    if not args.stage.is_dir():
+        raise ComposeError(f"--stage {args.stage}: not a directory",
+                           "give a directory on a disk with room for the whole set")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="initrd-composer-capture-", dir=args.stage) as stage:
+        set_dir = Path(stage) / "set"
+        capture(argparse.Namespace(**{**vars(args), "tape": False, "output": set_dir}))
+        if args.dry_run:
+            return 0
+        argv = ["obdr", "-o", str(args.output), "--data", str(set_dir)]
+        argv += ["--initrd", str(args.initrd)] if args.initrd is not None else []
+        status = run_verb(parse_args(argv))
+    print(f"{args.output}: the set is tape file 2 of this OBDR tape ({kind}); its stage is removed")
+    return status
+
+
 def capture(args: argparse.Namespace) -> int:
+    if _to_tape(args):
+        return capture_to_tape(args)
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1", "or leave it out: one thread per CPU")
     if any(not p.strip("/") for p in args.exclude):

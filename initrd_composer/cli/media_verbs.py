@@ -4,6 +4,7 @@ prints its sha256, so the same bytes can be checked on every medium of a run."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -121,6 +122,11 @@ def obdr(args: argparse.Namespace, build: Builder) -> int:
     loaders = LoaderFiles(args.loader_root)
     loaders.require(*ISO_LOADERS)
     data = _data_dir(args)
+    named = any(word == "obdr" or word.startswith("tapedev=") for word in spec.extra)
+    if data is not None and not named:
+        # Booted from the drive in CD-ROM emulation, the image must switch it back and read
+        # the restore data from the tape.
+        spec = dataclasses.replace(spec, extra=(*spec.extra, "obdr"))
     capacity = parse_size(args.capacity)
     if args.block_size <= 0 or args.block_size % 512:
         raise UsageError(f"bad --block-size {args.block_size}", "give a multiple of 512, e.g. 65536")

@@ -3,9 +3,14 @@
 This is backup data, so unlike the initrd it keeps what the source says: mode, numeric
 uid/gid, mtime to the nanosecond (a pax `mtime` record when it has a fraction), symlinks,
 hardlinks, device nodes and FIFOs. Entry names are relative, the root first as `.`, then a
-sorted depth-first walk, and user/group names are left out so an extraction inside a rescue
+depth-first walk, and user/group names are left out so an extraction inside a rescue
 system (whose /etc/passwd is not the machine's) restores the numbers. Sockets cannot be
 archived and are listed in `skipped`.
+
+In each directory the files come first: a restore set's manifest and layout, then the
+others smallest first (then by name), and the subdirectories after them. A tape is read
+front to back, so the restore reaches a set's manifest and layout without reading an
+archive, and its archives one after the other (boot/sources/tape_set.py).
 
 The size is known before anything is written (`plan_archive`), so a medium's capacity is
 checked up front; the stream is then written once (`write_archive`) without a temp copy.
@@ -22,8 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from initrd_composer.boot.restore_set.layout import LAYOUT_NAME
+from initrd_composer.boot.restore_set.manifest import MANIFEST_NAME
 from initrd_composer.errors import ComposeError
 
+# What a restore reads before any archive, in the order it reads them: first on the tape.
+SET_FIRST = (MANIFEST_NAME, LAYOUT_NAME)
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
 
@@ -86,21 +95,32 @@ def _tarinfo(path: Path, name: str, st: os.stat_result, links: dict[tuple[int, i
 
 def _walk(directory: Path, prefix: str) -> Iterator[tuple[Path, str, os.stat_result]]:
     """(path, archive name, lstat) of everything below `directory`, each entry followed by
-    its subtree, siblings sorted by their bytes (as the filesystem names them)."""
+    its subtree: the files first (a set's manifest and layout, then by size and name), then
+    the subdirectories by name."""
     try:
-        names = sorted(os.listdir(directory), key=os.fsencode)
+        names = os.listdir(directory)
     except OSError as exc:
         raise ComposeError(f"cannot list {directory}: {exc.strerror}",
                            "make the data directory readable (run as root for system files)") from exc
+    children: list[tuple[Path, str, os.stat_result]] = []
     for child in names:
         path = directory / child
         try:
-            st = path.lstat()
+            children.append((path, child, path.lstat()))
         except OSError as exc:
             raise ComposeError(f"cannot read {path}: {exc.strerror}", "make the data readable") from exc
+    for path, child, st in sorted(children, key=_walk_order):
         yield path, prefix + child, st
         if stat.S_ISDIR(st.st_mode):
             yield from _walk(path, f"{prefix}{child}/")
+
+
+def _walk_order(child: tuple[Path, str, os.stat_result]) -> tuple[bool, int, int, bytes]:
+    _path, name, st = child
+    if stat.S_ISDIR(st.st_mode):
+        return True, 0, 0, os.fsencode(name)
+    rank = SET_FIRST.index(name) if name in SET_FIRST else len(SET_FIRST)
+    return False, rank, st.st_size, os.fsencode(name)
 
 
 def plan_archive(root: Path) -> ArchivePlan:

@@ -286,6 +286,26 @@ def _write_image(target: Path, iso: Path, iso_bytes: int, plan: ArchivePlan | No
     return session
 
 
+def check_target(target: Path) -> Literal["device", "image"]:
+    """What `target` is: a tape drive, or a new (or empty) directory for a tape image;
+    ComposeError for anything else, before a long build or capture."""
+    target = Path(target)
+    if target.is_dir():
+        if any(target.iterdir()):
+            raise ComposeError(f"{target} is not empty",
+                               "give a new or empty directory: a tape image never goes over other files")
+        return "image"
+    if target.exists():
+        if not stat.S_ISCHR(os.stat(target).st_mode):
+            raise ComposeError(f"{target} is neither a tape device nor a directory",
+                               "give a tape device such as /dev/nst0, or a new directory for a tape image")
+        return "device"
+    if target.parts[:2] == ("/", "dev"):
+        raise ComposeError(f"no tape drive at {target}",
+                           "check the name (ls /dev/nst*) and that the st module is loaded")
+    return "image"
+
+
 def write_obdr(target: Path, iso: Path, data: Path | None, *, block_size: int = DEFAULT_DATA_BLOCK_SIZE,
                capacity: int | None = None, compress_data: bool = True,
                open_device: Callable[[Path], Tape] = open_st_device) -> ObdrReport:
@@ -303,22 +323,7 @@ def write_obdr(target: Path, iso: Path, data: Path | None, *, block_size: int = 
     data_bytes = padded(plan.size, block_size) if plan else 0
     check_tape_capacity(iso_bytes, data, data_bytes, capacity)
 
-    if target.is_dir():
-        if any(target.iterdir()):
-            raise ComposeError(f"{target} is not empty",
-                               "give a new or empty directory: a tape image never goes over other files")
-        kind: Literal["device", "image"] = "image"
-    elif target.exists():
-        if not stat.S_ISCHR(os.stat(target).st_mode):
-            raise ComposeError(f"{target} is neither a tape device nor a directory",
-                               "give a tape device such as /dev/nst0, or a new directory for a tape image")
-        kind = "device"
-    elif target.parts[:2] == ("/", "dev"):
-        raise ComposeError(f"no tape drive at {target}",
-                           "check the name (ls /dev/nst*) and that the st module is loaded")
-    else:
-        kind = "image"
-
+    kind = check_target(target)
     if kind == "image":
         session = _write_image(target, iso, iso_bytes, plan, block_size=block_size,
                                compress_data=compress_data)

@@ -23,12 +23,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from initrd_composer.boot.child_process import fork_with_result
 from initrd_composer.boot.restore_set import RestoreSetError
 from initrd_composer.boot.restore_set.content_hashes import ContentHasher
 from initrd_composer.boot.restore_set.extract import extract_stream
-from initrd_composer.boot.restore_set.location import SetLocation, Stream
+from initrd_composer.boot.restore_set.location import SequentialLocation, SetLocation, Stream
 from initrd_composer.boot.restore_set.manifest import ArchiveRecord
 from initrd_composer.boot.restore_set.verify import Mismatch, compare_tree
 
@@ -148,11 +149,15 @@ def _extract_one(job: ExtractJob, log: Callable[[str], None]) -> ExtractResult:
 _MAX_REPORTED = 1000  # mismatches a child sends back; more only make the report longer
 
 
-def _result_json(result: ExtractResult) -> bytes:
+def _result_data(result: ExtractResult) -> dict[str, Any]:
     data = {k: v for k, v in result.__dict__.items() if k != "mismatches"}
     data["mismatches"] = [[m.path, m.what] for m in result.mismatches[:_MAX_REPORTED]]
     data["more"] = max(len(result.mismatches) - _MAX_REPORTED, 0)
-    return json.dumps(data).encode()
+    return data
+
+
+def _result_json(result: ExtractResult) -> bytes:
+    return json.dumps(_result_data(result)).encode()
 
 
 def _result_of(name: str, raw: bytes, status: int) -> ExtractResult:
@@ -160,6 +165,10 @@ def _result_of(name: str, raw: bytes, status: int) -> ExtractResult:
         data = json.loads(raw)
     except ValueError:
         return ExtractResult(name, error=f"the extraction of {name} died (wait status {status})")
+    return _result_from(data)
+
+
+def _result_from(data: dict[str, Any]) -> ExtractResult:
     mismatches = [Mismatch(path, what) for path, what in data.pop("mismatches")]
     if data.pop("more"):
         mismatches.append(Mismatch("...", "more differences not shown"))
@@ -179,19 +188,57 @@ def _fork(job: ExtractJob, log: Callable[[str], None]) -> tuple[int, int]:
     return fork_with_result(work)
 
 
+def _one_after_another(
+    jobs: Sequence[ExtractJob], source: SequentialLocation, log: Callable[[str], None]
+) -> list[ExtractResult]:
+    """A set on a tape: one drive, read front to back. One child extracts the archives in
+    their order on the tape, each stream starting where the last one ended."""
+    order = sorted(range(len(jobs)), key=lambda i: source.position(jobs[i].archive.file))
+
+    def work() -> bytes:
+        out: dict[int, dict[str, Any]] = {}
+        try:
+            for i in order:
+                try:
+                    out[i] = _result_data(_extract_one(jobs[i], log))
+                except BaseException as exc:  # the others still get their turn
+                    failed = ExtractResult(jobs[i].archive.name, error=f"{type(exc).__name__}: {exc}")
+                    out[i] = _result_data(failed)
+        finally:
+            source.release()
+        return json.dumps([out[i] for i in range(len(jobs))]).encode()
+
+    pid, fd = fork_with_result(work)
+    raw = _drain(fd)
+    _, status = os.waitpid(pid, 0)
+    try:
+        return [_result_from(data) for data in json.loads(raw)]
+    except ValueError:
+        why = f"the extraction from {source.shown} died (wait status {status})"
+        return [ExtractResult(job.archive.name, error=why) for job in jobs]
+
+
+def _drain(fd: int) -> bytes:
+    chunks = []
+    with os.fdopen(fd, "rb") as pipe:
+        while chunk := pipe.read(1 << 16):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def extract_and_verify(jobs: Sequence[ExtractJob], log: Callable[[str], None]) -> list[ExtractResult]:
-    """Run every job, each filesystem in its own child process at the same time; results in
-    the jobs' order. Never raises for a damaged archive: the result says what went wrong."""
-    children = [_fork(job, log) for job in jobs]
-    results: list[ExtractResult | None] = []
-    for job, (pid, fd) in zip(jobs, children, strict=True):
-        chunks = []
-        with os.fdopen(fd, "rb") as pipe:
-            while chunk := pipe.read(1 << 16):
-                chunks.append(chunk)
-        _, status = os.waitpid(pid, 0)
-        results.append(_result_of(job.archive.name, b"".join(chunks), status))
-    done = [r for r in results if r is not None]
+    """Run every job, each filesystem in its own child process at the same time (from a tape:
+    one after the other); results in the jobs' order. Never raises for a damaged archive:
+    the result says what went wrong."""
+    if jobs and isinstance(jobs[0].source, SequentialLocation):
+        done = _one_after_another(jobs, jobs[0].source, log)
+    else:
+        children = [_fork(job, log) for job in jobs]
+        done = []
+        for job, (pid, fd) in zip(jobs, children, strict=True):
+            raw = _drain(fd)
+            _, status = os.waitpid(pid, 0)
+            done.append(_result_of(job.archive.name, raw, status))
     for r in done:
         if r.ok:
             log(

@@ -23,6 +23,7 @@ from initrd_composer.boot import syscalls
 from initrd_composer.boot.restore import RestoreRefused
 from initrd_composer.boot.restore.device_names import device_map
 from initrd_composer.boot.restore.extract_all import ExtractJob, extract_and_verify, failure_lines
+from initrd_composer.boot.restore.firmware import bios_source_refusal, started_by_uefi
 from initrd_composer.boot.restore.fixups import FixupFailed, run_fixups
 from initrd_composer.boot.restore.from_layout import plan_inputs
 from initrd_composer.boot.restore.model import TargetDisk
@@ -197,6 +198,9 @@ def prepare(
         f"{sum(len(a.files) for a in manifest.archives)} files"
     )
     disks = machine_disks(set_devices) if disks is None else disks
+    refusal = bios_source_refusal(layout, manifest, started_by_uefi())
+    if refusal is not None:
+        raise RestoreRefused(*refusal)
     plan = make_plan(layout, disks, resize=resize, pinned=pinned)
     section["plan"] = plan_dict(plan)
     if checks:
@@ -316,7 +320,7 @@ def found_set(
 ) -> SetLocation:
     """Where the set is on what the media stage found (`what`: "nuke restores", for the
     message; `url`: url= as given, with its password, which the report's copy lacks);
-    RestoreSetError when nothing was found or the medium is a tape."""
+    RestoreSetError when nothing was found there."""
     if found is None:
         raise RestoreSetError("no restore data was found", "see the media stage's lines above")
     if found.kind == "http":
@@ -325,10 +329,9 @@ def found_set(
         base = set_base(url or str(found.source), restore_subdir)
         return SetUrl(base, log=log) if log is not None else SetUrl(base)
     if found.kind == "tape":
-        raise RestoreSetError(
-            f"{what} from a mounted set (NFS, CD, USB) or HTTP; a tape is not supported yet",
-            "copy the set to an NFS share, an HTTP server or a USB disk",
-        )
+        from initrd_composer.boot.sources.tape_set import tape_set  # noqa: PLC0415
+
+        return tape_set(str(found.source), found.data.get("set_index"), restore_subdir)
     return SetDirectory(locate_set(Path(found.path), restore_subdir))
 
 
@@ -336,11 +339,16 @@ def note_source(location: SetLocation, set_devices: list[str]) -> dict[str, Any]
     """What `nuke` typed in the shell later needs to find the same set again."""
     if isinstance(location, SetDirectory):
         return {"set": str(location.path), "devices": set_devices}
+    from initrd_composer.boot.sources.tape_set import TapeSet, note_of  # noqa: PLC0415
+
+    if isinstance(location, TapeSet):
+        return {**note_of(location), "devices": set_devices}
     return {"url": getattr(location, "base", ""), "devices": set_devices}
 
 
 def set_devices_of(found: Any) -> list[str]:
-    return [found.source] if str(found.source).startswith("/dev/") else []
+    """The block devices the set is on (a tape is none)."""
+    return [found.source] if found.kind != "tape" and str(found.source).startswith("/dev/") else []
 
 
 def note_found(found: Any, restore_subdir: str | None, url: str | None, log: Log) -> None:
@@ -373,6 +381,10 @@ def noted_location(note: Mapping[str, Any], log: Log) -> SetLocation:
         from initrd_composer.boot.sources.http_set import SetUrl  # noqa: PLC0415
 
         return SetUrl(str(note["url"]), log=log)
+    if note.get("tape"):
+        from initrd_composer.boot.sources.tape_set import from_note  # noqa: PLC0415
+
+        return from_note(note)
     return SetDirectory(Path(str(note["set"])))
 
 

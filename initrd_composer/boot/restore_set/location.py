@@ -3,13 +3,15 @@
 A set is its two small JSON files, read whole, and its archives, each read once, front to
 back, as a stream: a directory (an NFS export, a CD, a USB disk: `SetDirectory`) offers that,
 and so does an HTTP server (`sources.http_set.SetUrl`) without ever holding an archive in RAM.
+A tape (`sources.tape_set.TapeSet`) offers it too, one file at a time, in the order the files
+lie on it: a `SequentialLocation`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Stream(Protocol):
@@ -39,6 +41,15 @@ class SetLocation(Protocol):
         """A file as a stream read once; OSError when it cannot be (a stream that fails later
         raises from readinto)."""
         ...
+
+
+@runtime_checkable
+class SequentialLocation(SetLocation, Protocol):
+    """A set one reader reads front to back (a tape drive): its archives are extracted one
+    after the other, in `position` order, and `release` frees the drive for another process."""
+
+    def position(self, name: str) -> int: ...
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True)

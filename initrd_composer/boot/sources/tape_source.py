@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from initrd_composer.boot.sources import Choice, Found, MediaContext, SourceError
@@ -33,6 +34,7 @@ from initrd_composer.boot.sources.tape_devices import (
     scsi_devices,
     tape_nodes,
 )
+from initrd_composer.boot.sources.tape_set import index_members
 from initrd_composer.boot.tape import (
     MAX_BLOCK,
     OBDR_HEADER_BLOCK,
@@ -41,6 +43,7 @@ from initrd_composer.boot.tape import (
     DeviceTape,
     ObdrLabel,
     TapeError,
+    blocks_stream,
     parse_obdr_label,
 )
 
@@ -185,6 +188,24 @@ def _header(tape: DeviceTape) -> tuple[ObdrLabel, list[int]]:
     return label, sizes
 
 
+class _Tally:
+    """What passes by as the data file is read: bytes, records, their sizes, the sha256."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.size = self.records = self.first = 0
+        self.sizes: set[int] = set()
+
+    def blocks(self, tape: DeviceTape) -> Iterator[bytes]:
+        while block := tape.read_block(MAX_BLOCK):
+            self.first = self.first or len(block)
+            self.sizes.add(len(block))
+            self.sha.update(block)
+            self.size += len(block)
+            self.records += 1
+            yield block
+
+
 def _read(ctx: MediaContext, name: str, hooks: TapeHooks) -> dict[str, Any]:
     source = f"/dev/{name}"
     tape = DeviceTape(f"{ctx.dev_root}/{name}", syscalls=hooks.syscalls)
@@ -194,21 +215,18 @@ def _read(ctx: MediaContext, name: str, hooks: TapeHooks) -> dict[str, Any]:
         ctx.log(f"media: {source}: OBDR tape: ISO {label.iso_bytes} bytes, restore data "
                 f"{label.data_bytes} bytes in {label.data_block_size}-byte blocks")
         tape.skip_files(DATA_FILE - 1)  # past the ISO: file 0's filemark was read already
-        sha = hashlib.sha256()
-        size = records = first = 0
-        sizes: set[int] = set()
-        while block := tape.read_block(MAX_BLOCK):
-            first = first or len(block)
-            sizes.add(len(block))
-            sha.update(block)
-            size += len(block)
-            records += 1
+        tally = _Tally()
+        stream = blocks_stream(tally.blocks(tape))
+        index = index_members(stream)  # the set's files, for the restore (sources.tape_set)
+        while stream.read(1 << 20):  # after the tar's end: the padding to whole blocks
+            pass
         tape.rewind()
     finally:
         try:
             tape.close()
         except TapeError as exc:
             ctx.log(f"media: {exc.message}")
+    sha, size, records, first, sizes = tally.sha, tally.size, tally.records, tally.first, tally.sizes
     data_bytes = label.data_bytes or 0
     unit = label.data_block_size or first
     expected = -(-data_bytes // unit) * unit if unit else data_bytes
@@ -226,6 +244,7 @@ def _read(ctx: MediaContext, name: str, hooks: TapeHooks) -> dict[str, Any]:
         "bytes": size,
         "records": records,
         "sha256": sha.hexdigest(),
+        "set_index": index.as_json(),
         "files_seen": [
             {"file": 0, "role": "header", "records": len(header_sizes), "bytes": sum(header_sizes),
              "block_size": header_sizes[0],
