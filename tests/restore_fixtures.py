@@ -273,3 +273,25 @@ def boots_to_marker_on(disk: Path, controller: tuple[str, ...], swap: str) -> No
         "cap_net_raw=ep",
         f"swap={swap}",
     ]
+
+
+def restore_over_http(
+    image: BuiltImage, scenario: Any, devices: list[str], words: str
+) -> tuple[str, list[str]]:
+    """A direct boot restoring (`words`: "nuke noresize") from the set `scenario` serves at
+    /set/ on the host's loopback (tests.http_test_server), until the report after the restore
+    stage, which must say ok; (the set's URL as the guest sees it, the console lines)."""
+    from tests.http_test_server import serving  # noqa: PLC0415
+
+    net = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
+    with serving(scenario) as base:
+        url = base.replace("127.0.0.1", "10.0.2.2") + "/set/"
+        append = f"console=ttyS0 {words} url={url} ip=dhcp restore_then=poweroff media_timeout=60"
+        result = qemu_boot.boot(Path(f"/boot/vmlinuz-{image.version}"), image.path, append,
+                                [*devices, *([] if "-netdev" in devices else net)], timeout=RESTORE_TIMEOUT_S,
+                                until=UNTIL_REPORT, memory_mb=1536)  # fmt: skip
+    lines = list(result.lines)
+    assert result.reason == "matched" and any("stage: restore ok" in line for line in lines), "\n".join(
+        lines[-80:]
+    )
+    return url, lines

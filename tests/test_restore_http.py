@@ -7,24 +7,19 @@ the 8 GiB disk gets the saved 6 GiB disk's partitions at their saved sizes, the 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from tests.http_test_server import Drop, Scenario, directory_files, serving
+from tests.http_test_server import Drop, Scenario, directory_files
 from tests.image_fixtures import BuiltImage
 from tests.restore_fixtures import (
     GIB,
     RESTORE_MARKS,
-    RESTORE_TIMEOUT_S,
-    UNTIL_REPORT,
     CapturedSet,
     blank_disk,
     boots_to_marker_on,
     last_report,
+    restore_over_http,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import qemu_boot
 
 pytest_plugins = ("tests.image_fixtures", "tests.restore_fixtures")
 pytestmark = RESTORE_MARKS
@@ -44,16 +39,7 @@ def test_nuke_over_http_resumes_dropped_archives_and_verifies(
     disk = blank_disk(tmp_path / "ahci.img", 8 * GIB)
     devices = ["-drive", f"file={disk},format=raw,if=none,id=d0", *AHCI,
                "-netdev", "user,id=n0", "-device", "e1000,netdev=n0"]  # fmt: skip
-    with serving(scenario) as base:
-        url = base.replace("127.0.0.1", "10.0.2.2") + "/set/"
-        append = f"console=ttyS0 nuke noresize url={url} ip=dhcp restore_then=poweroff media_timeout=60"
-        result = qemu_boot.boot(Path(f"/boot/vmlinuz-{all_nics_image.version}"), all_nics_image.path,
-                                append, devices, timeout=RESTORE_TIMEOUT_S, until=UNTIL_REPORT,
-                                memory_mb=1536)  # fmt: skip
-    lines = list(result.lines)
-    assert result.reason == "matched" and any("stage: restore ok" in line for line in lines), "\n".join(
-        lines[-80:]
-    )
+    url, lines = restore_over_http(all_nics_image, scenario, devices, "nuke noresize")
     report = last_report(lines)
     assert report["media"]["kind"] == "http" and report["media"]["source"] == url + "manifest.json"
     restore = report["restore"]

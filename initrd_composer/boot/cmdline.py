@@ -26,7 +26,7 @@ __all__ = [
 
 MODES = ("nuke", "interactive", "compare", "expert", "probe", "capture")
 RESTORE_THEN = ("reboot", "poweroff", "shell")
-FLAGS = ("pxe", "iso_mode", "obdr", "noresize")
+FLAGS = ("pxe", "iso_mode", "obdr", "noresize", "nopart")
 # Words the kernel or other tools own: known, so not reported as unknown.
 KERNEL_WORDS = (
     "console", "root", "ro", "rw", "quiet", "debug", "loglevel", "panic", "init", "rdinit", "initrd",
@@ -51,6 +51,7 @@ class BootConfig:
     iso_mode: bool = False
     obdr: bool = False
     noresize: bool = False  # MondoRescue's word: the restore keeps the saved partition sizes
+    nopart: bool = False  # MondoRescue's word: restore into the partitions the disks have
     prefix: str | None = None
     netfsmount: str | None = None
     nfsmount: str | None = None

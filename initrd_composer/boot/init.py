@@ -163,7 +163,8 @@ def restore_stage(cfg: BootConfig, report: dict[str, Any], found: Any) -> None:
 
         section = run_interactive(found, cfg.restore_set, log, url=cfg.url)
     else:
-        section = run_nuke(found, cfg.restore_set, log, url=cfg.url, resize=not cfg.noresize)
+        section = run_nuke(found, cfg.restore_set, log, url=cfg.url, resize=not cfg.noresize,
+                           in_place=cfg.nopart)
     report["restore"] = section
     stage_line("restore", section["ok"], restore_detail(section))
     emit(publish(report))

@@ -22,7 +22,8 @@ def main() -> int:
         return 1
     with open("/proc/cmdline") as f:
         cfg = parse_cmdline(f.read())
-    section = run_nuke_at(noted_location(note, log), list(note["devices"]), log, resize=not cfg.noresize)
+    section = run_nuke_at(noted_location(note, log), list(note["devices"]), log, resize=not cfg.noresize,
+                          in_place=cfg.nopart)
     stage_line("restore", section["ok"], restore_detail(section))
     if not section["ok"]:
         return 1

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from initrd_composer.boot.restore.model import TargetDisk
+from initrd_composer.boot.restore.model import ExistingPartition, TargetDisk
 
 STEPS = ("plan", "partition", "mkfs", "extract", "verify", "bootloader")
 ALL_STEPS = ("plan", "partition", "mkfs", "extract", "bootloader")  # extract verifies as it goes
@@ -23,7 +23,8 @@ NEEDS = {
 }
 # What each step does, for `restore help` and the usage line.
 SAYS = {
-    "plan": "read the restore set, map and size it onto this machine's disks (writes nothing)",
+    "plan": "read the restore set, map and size it onto this machine's disks (writes nothing); "
+    "`restore plan noresize` keeps the saved sizes, `restore plan nopart` the disks' own partitions",
     "partition": "write the partition tables, md arrays and LVM volume groups of the plan",
     "mkfs": "make every filesystem and swap area of the plan",
     "extract": "extract every archive into its filesystem, each file verified as it is written",
@@ -70,7 +71,9 @@ def disk_dict(disk: TargetDisk) -> dict[str, Any]:
 
 def disk_from(record: Mapping[str, Any]) -> TargetDisk:
     names = {f.name for f in dataclasses.fields(TargetDisk)}
-    return TargetDisk(**{k: v for k, v in record.items() if k in names})
+    fields = {k: v for k, v in record.items() if k in names}
+    fields["partitions"] = tuple(ExistingPartition(**p) for p in record.get("partitions") or ())
+    return TargetDisk(**fields)
 
 
 def _identity(disk: TargetDisk) -> tuple[str, int, str, str]:
@@ -115,7 +118,7 @@ def status_lines(state: Mapping[str, Any] | None) -> list[str]:
     lines = [
         f"restore set: {state['shown']}",
         "plan: " + (", ".join(f"{m['source']} -> {m['target']}" for m in mapping) or "no disk")
-        + ("" if state["resize"] else " (noresize)"),
+        + ("" if state["resize"] else " (noresize)") + (" (nopart)" if state.get("nopart") else ""),
         f"done: {', '.join(state['done'])}",
     ]
     left = to_go(state["done"])

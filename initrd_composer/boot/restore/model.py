@@ -125,6 +125,15 @@ class MdArray:
 
 
 @dataclass(frozen=True)
+class ExistingPartition:
+    """A partition a target disk has already (what `nopart` restores into)."""
+
+    number: int
+    start_bytes: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
 class TargetDisk:
     name: str
     size_bytes: int
@@ -135,6 +144,10 @@ class TargetDisk:
     transport: str = ""  # nvme, virtio, sata, usb
     holds_restore_set: bool = False
     is_boot_medium: bool = False
+    partitions: tuple[ExistingPartition, ...] = ()
+
+    def partition(self, number: int) -> ExistingPartition | None:
+        return next((p for p in self.partitions if p.number == number), None)
 
 
 def human_bytes(n: int) -> str:

@@ -66,6 +66,8 @@ def plan_lines(plan: RestorePlan) -> list[str]:
         lines.extend(_vg_lines(vg))
     lines.extend(_md_line(md) for md in plan.arrays)
     lines.extend(f"not written: {t.name} ({disk_text(t)}): {why}" for t, why in plan.unused)
+    if plan.in_place:
+        lines.append("nopart: no partition table is written; the partitions above are used as they are")
     return lines
 
 
@@ -133,6 +135,7 @@ def plan_dict(plan: RestorePlan) -> dict[str, object]:
         "plan": {"disks": disks, "vgs": vgs, "arrays": arrays},
         "reasons": reasons,
         "unused": unused,
+        "in_place": plan.in_place,
     }
 
 

@@ -152,6 +152,7 @@ class RestorePlan:
     # The target disks left alone and why, by name: shown so that the person at the console
     # sees the restore set's disk is not among those written.
     unused: tuple[tuple[TargetDisk, str], ...] = ()
+    in_place: bool = False  # nopart: into the disks' own partitions, no partition table written
 
 
 def plan_restore(
@@ -163,20 +164,29 @@ def plan_restore(
     *,
     resize: bool = True,
     pinned: Mapping[str, str] | None = None,
+    in_place: bool = False,
 ) -> RestorePlan:
     """Map, size and check everything, or raise RestoreRefused; nothing here writes.
     `resize=False`: the saved partition sizes, kept (`noresize`); `pinned`: target disks chosen
-    at the console, by source disk name (disk_map)."""
+    at the console, by source disk name (disk_map); `in_place`: into the partitions the disks
+    have (`nopart`, in_place.py)."""
     refuse_unrestorable(sources, vgs, arrays)
     target_list = sorted(targets, key=lambda t: t.name)
     excluded = frozenset(excluded)
-    if not resize:
+    if in_place:
+        from initrd_composer.boot.restore.in_place import size_disk_in_place  # noqa: PLC0415
+
+        with_parts = [t for t in target_list if t.partitions]
+        anywhere = dict.fromkeys((d.name for d in sources), 0)  # the partitions decide, one by one
+        assignments = map_disks(sources, with_parts, excluded, anywhere, pinned)
+        plan = _with_volumes(tuple(size_disk_in_place(a) for a in assignments), vgs, arrays)
+    elif not resize:
         plan = _plan_kept(sources, target_list, vgs, arrays, excluded, pinned=pinned)
     else:
         plan = _plan(sources, target_list, vgs, arrays, excluded, pinned=pinned)
     used = {d.assignment.target.name for d in plan.disks}
     unused = tuple((t, exclusion_of(t, excluded) or "not needed") for t in target_list if t.name not in used)
-    return RestorePlan(plan.disks, plan.vgs, plan.arrays, unused)
+    return RestorePlan(plan.disks, plan.vgs, plan.arrays, unused, in_place)
 
 
 def _plan_kept(sources: Sequence[SourceDisk], target_list: list[TargetDisk], vgs: Sequence[VolumeGroup],
@@ -330,7 +340,7 @@ def span_bytes(disk: SourceDisk) -> int:
     return first + kept + tail_bytes(disk.table, disk.logical_sector) if parts else 0
 
 
-def _fs_label(mount: str, fs_type: str, where: str) -> str:
+def fs_label(mount: str, fs_type: str, where: str) -> str:
     return f"filesystem {mount or '(not mounted)'} ({fs_type or 'unknown type'} on {where})"
 
 
@@ -386,7 +396,7 @@ def size_disk(assignment: DiskAssignment, *, resize: bool = True) -> DiskPlan:
                 "use a larger target disk",
             )
         if part.role not in FIXED_ROLES | {"lvm-pv", "md-member"}:
-            check_fits(_fs_label(part.mount, part.fs_type, where), part.used_bytes, old, size)
+            check_fits(fs_label(part.mount, part.fs_type, where), part.used_bytes, old, size)
         how = "fixed" if part.role in FIXED_ROLES else _how(old, size)
         out.append(PartitionPlan(part.number, part.role, part.fs_type, part.mount, old,
                                  at // sector, size // sector, sector, how))
@@ -478,7 +488,7 @@ def size_vg(vg: VolumeGroup, disks: dict[str, DiskPlan]) -> VgPlan:
         old = old_ext[lv.name]
         new = old if lv.is_fixed else _lv_extents(old, old_room, new_room, scaled_old)
         if not lv.is_fixed:
-            label = _fs_label(lv.mount, lv.fs_type, f"{vg.name}/{lv.name}")
+            label = fs_label(lv.mount, lv.fs_type, f"{vg.name}/{lv.name}")
             check_fits(label, lv.used_bytes, lv.size_bytes, new * ext)
         lvs.append(LvPlan(lv.name, lv.is_fixed, lv.size_bytes, new, ext))
     return VgPlan(vg.name, ext, old_total, new_total, tuple(lvs))
@@ -517,5 +527,5 @@ def size_array(md: MdArray, disks: dict[str, DiskPlan]) -> MdPlan:
     # RAID1 mirrors: the array is as large as its smallest member (the member's md superblock
     # and data offset come out of the filesystem's headroom).
     old, new = min(olds), min(news)
-    check_fits(_fs_label(md.mount, md.fs_type, md.name), md.used_bytes, old, new)
+    check_fits(fs_label(md.mount, md.fs_type, md.name), md.used_bytes, old, new)
     return MdPlan(md.name, md.level, tuple(members), old, new)

@@ -129,7 +129,7 @@ def machine_disks(set_devices: list[str]) -> list[TargetDisk]:
 
 def make_plan(
     layout: Mapping[str, Any], disks: list[TargetDisk], *, resize: bool = True,
-    pinned: Mapping[str, str] | None = None,
+    pinned: Mapping[str, str] | None = None, in_place: bool = False,
 ) -> RestorePlan:
     """Steps 2-3: the mapping and every size onto `disks` (machine_disks); `pinned`: target
     disks chosen at the console, by saved disk name."""
@@ -143,7 +143,8 @@ def make_plan(
             "--target=x86_64-efi and efibootmgr in a chroot",
         )
     inputs = plan_inputs(layout)
-    return plan_restore(inputs.sources, disks, inputs.vgs, inputs.arrays, resize=resize, pinned=pinned)
+    return plan_restore(inputs.sources, disks, inputs.vgs, inputs.arrays, resize=resize, pinned=pinned,
+                        in_place=in_place)
 
 
 def _mount_point(fs: Mapping[str, Any]) -> str:
@@ -186,7 +187,7 @@ class Prepared:
 def prepare(
     location: SetLocation, set_devices: list[str], section: dict[str, Any], log: Log, *, resize: bool = True,
     disks: list[TargetDisk] | None = None, checks: bool = True, pinned: Mapping[str, str] | None = None,
-    left_out: frozenset[str] = frozenset(),
+    left_out: frozenset[str] = frozenset(), in_place: bool = False,
 ) -> Prepared:
     """Steps 1-4: read and check the set, plan, try every mkfs option set; fills `section`.
     Raises RestoreSetError/RestoreRefused; writes nothing. `disks`: plan on these (an expert
@@ -201,10 +202,10 @@ def prepare(
     refusal = bios_source_refusal(layout, manifest, started_by_uefi())
     if refusal is not None:
         raise RestoreRefused(*refusal)
-    plan = make_plan(layout, disks, resize=resize, pinned=pinned)
+    plan = make_plan(layout, disks, resize=resize, pinned=pinned, in_place=in_place)
     section["plan"] = plan_dict(plan)
     if checks:
-        if not resize:
+        if not resize and not in_place:
             log("restore plan: noresize: every partition keeps its saved size")
         for line in plan_lines(plan):
             log(f"restore plan: {line}")
@@ -226,12 +227,14 @@ def make_storage(p: Prepared, written: Written) -> None:
 
 def restore(
     location: SetLocation, set_devices: list[str], section: dict[str, Any], log: Log, *, resize: bool = True,
-    pinned: Mapping[str, str] | None = None, left_out: frozenset[str] = frozenset(),
+    pinned: Mapping[str, str] | None = None, left_out: frozenset[str] = frozenset(), in_place: bool = False,
 ) -> None:
     """Steps 1-8; fills `section` as it goes. Raises RestoreSetError/RestoreRefused before the
-    first write, RestoreFailed after it. `pinned`, `left_out`: the interactive mode's choices."""
+    first write, RestoreFailed after it. `pinned`, `left_out`: the interactive mode's choices;
+    `in_place`: nopart."""
     started = time.monotonic()
-    p = prepare(location, set_devices, section, log, resize=resize, pinned=pinned, left_out=left_out)
+    p = prepare(location, set_devices, section, log, resize=resize, pinned=pinned, left_out=left_out,
+                in_place=in_place)
     written = Written()
     section["written"] = written.__dict__
     try:
@@ -389,7 +392,8 @@ def noted_location(note: Mapping[str, Any], log: Log) -> SetLocation:
 
 
 def run_nuke(
-    found: Any, restore_subdir: str | None, log: Log, url: str | None = None, *, resize: bool = True
+    found: Any, restore_subdir: str | None, log: Log, url: str | None = None, *, resize: bool = True,
+    in_place: bool = False,
 ) -> dict[str, Any]:
     """The `restore` report section of one nuke run from what the media stage found; never
     raises for a refusal or a failure (the section says which, and `ok` is False)."""
@@ -399,7 +403,7 @@ def run_nuke(
         return refused_section({"ok": False, "mode": "nuke", "seconds": 0.0}, exc, log)
     set_devices = set_devices_of(found)
     write_source_note(location, set_devices, log)
-    return run_nuke_at(location, set_devices, log, resize=resize)
+    return run_nuke_at(location, set_devices, log, resize=resize, in_place=in_place)
 
 
 def refused_section(
@@ -419,15 +423,18 @@ def refused_section(
 def run_nuke_at(
     location: SetLocation, set_devices: list[str], log: Log, *, resize: bool = True,
     pinned: Mapping[str, str] | None = None, left_out: frozenset[str] = frozenset(), mode: str = "nuke",
+    in_place: bool = False,
 ) -> dict[str, Any]:
     """One restore from a set; the `restore` section (`resize` False: noresize; `pinned`,
-    `left_out`: what `interactive` chose, and `mode` says so)."""
-    section: dict[str, Any] = {"ok": False, "mode": mode, "set": location.shown, "resize": resize}
+    `left_out`: what `interactive` chose, and `mode` says so; `in_place`: nopart)."""
+    section: dict[str, Any] = {"ok": False, "mode": mode, "set": location.shown, "resize": resize,
+                               "nopart": in_place}
     if left_out:
         section["left_out"] = sorted(left_out)
     started = time.monotonic()
     try:
-        restore(location, set_devices, section, log, resize=resize, pinned=pinned, left_out=left_out)
+        restore(location, set_devices, section, log, resize=resize, pinned=pinned, left_out=left_out,
+                in_place=in_place)
         section["ok"] = True
     except (RestoreRefused, RestoreSetError) as exc:
         refused_section(section, exc, log)

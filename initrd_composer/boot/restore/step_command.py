@@ -69,9 +69,9 @@ def _save(state: dict[str, Any]) -> None:
     os.replace(part, STATE)
 
 
-def _noresize_on_cmdline() -> bool:
+def _on_cmdline(word: str) -> bool:
     with contextlib.suppress(OSError), open("/proc/cmdline") as f:
-        return "noresize" in f.read().split()
+        return word in f.read().split()
     return False
 
 
@@ -83,14 +83,16 @@ def _plan(words: Sequence[str]) -> None:
             f"no restore set noted in {SOURCE_NOTE}: the boot's media stage found none",
             "boot again with `expert` and the medium's parameters (nfsmount=, url=, restore_set=)",
         ) from exc
-    resize = not ("noresize" in words or _noresize_on_cmdline())
+    resize = not ("noresize" in words or _on_cmdline("noresize"))
+    in_place = "nopart" in words or _on_cmdline("nopart")
     location = noted_location(note, log)
     section: dict[str, Any] = {}
     try:
-        p = prepare(location, list(note["devices"]), section, log, resize=resize)
+        p = prepare(location, list(note["devices"]), section, log, resize=resize, in_place=in_place)
     except RestoreSetError as exc:
         raise StepRefused(exc.message, exc.hint) from exc
-    _save(new_state(note, location.shown, resize, p.disks, json.loads(json.dumps(section["plan"]))))
+    state = new_state(note, location.shown, resize, p.disks, json.loads(json.dumps(section["plan"])))
+    _save({**state, "nopart": in_place})
     targets = ", ".join(f"/dev/{d.assignment.target.name}" for d in p.plan.disks)
     log(f"restore plan: nothing written; `restore partition` writes {targets}")
 
@@ -103,7 +105,7 @@ def _replan(state: dict[str, Any], step: str) -> Prepared:
     try:
         p = prepare(
             location, list(state["source"]["devices"]), section, log, resize=bool(state["resize"]),
-            disks=disks, checks=step == "partition",
+            disks=disks, checks=step == "partition", in_place=bool(state.get("nopart")),
         )
     except RestoreSetError as exc:
         raise StepRefused(exc.message, exc.hint) from exc

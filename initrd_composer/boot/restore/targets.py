@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from initrd_composer.boot.restore.model import TargetDisk
+from initrd_composer.boot.restore.model import ExistingPartition, TargetDisk
 
 _SKIPPED_PREFIXES = ("loop", "ram", "zram", "md", "dm-", "sr", "nbd", "fd")
 
@@ -67,9 +67,21 @@ def read_target_disks(sys_root: Path = Path("/sys")) -> list[TargetDisk]:
                 serial=_read(block / "serial") or _read(block / "device" / "serial"),
                 model=_read(block / "device" / "model"),
                 transport=_transport(block),
+                partitions=_partitions(block),
             )
         )
     return disks
+
+
+def _partitions(block: Path) -> tuple[ExistingPartition, ...]:
+    """The disk's partitions as the kernel has them (/sys/block/DISK/PART/{partition,start,
+    size}, in 512-byte units whatever the disk), by number."""
+    found = []
+    for entry in block.iterdir():
+        number, start, size = (_read(entry / key) for key in ("partition", "start", "size"))
+        if number.isdigit() and start.isdigit() and size.isdigit():
+            found.append(ExistingPartition(int(number), int(start) * 512, int(size) * 512))
+    return tuple(sorted(found, key=lambda p: p.number))
 
 
 def disk_of(device: str, sys_root: Path = Path("/sys")) -> str:

@@ -41,11 +41,14 @@ class Written:
 
     disks: list[str] = field(default_factory=list)  # /dev names, partition tables written
     filesystems: list[str] = field(default_factory=list)  # "/dev/vg0/root (ext4 /)"
+    wiped: list[str] = field(default_factory=list)  # nopart: partitions whose signatures were wiped
 
     def describe(self) -> str:
-        if not self.disks and not self.filesystems:
+        if not self.disks and not self.filesystems and not self.wiped:
             return "nothing was written"
         parts = [f"partition tables on {', '.join(self.disks)}"] if self.disks else []
+        if self.wiped:
+            parts.append(f"signatures wiped on {', '.join(self.wiped)}")
         if self.filesystems:
             parts.append(f"filesystems {', '.join(self.filesystems)}")
         return "written so far: " + "; ".join(parts)
@@ -158,6 +161,9 @@ def release_targets(disks: Sequence[str], runner: Runner = run_command) -> None:
 def partition(
     plan: RestorePlan, layout: Mapping[str, Any], written: Written, runner: Runner = run_command
 ) -> None:
+    if plan.in_place:
+        keep_partitions(plan, written, runner)
+        return
     by_name = {str(d["name"]): d for d in layout["disks"]}
     for disk in plan.disks:
         target = f"/dev/{disk.assignment.target.name}"
@@ -179,6 +185,18 @@ def partition(
                 f"the kernel made no {', '.join(missing)} after sfdisk {target}", written.describe()
             )
         for node in nodes:  # stale signatures of what was there before (wipefs is not in busybox)
+            _check(runner(["wipefs", "-a", "-q", node], timeout_s=60), f"wipefs {node}", written)
+
+
+def keep_partitions(plan: RestorePlan, written: Written, runner: Runner = run_command) -> None:
+    """nopart: no partition table is written; the planned partitions lose the signatures of
+    what they held (an old array, PV or filesystem), the others are not touched."""
+    for disk in plan.disks:
+        for p in disk.partitions:
+            node = f"/dev/{partition_name(disk.assignment.target.name, p.number)}"
+            if not os.path.exists(node):
+                raise WriteFailed(f"nopart: {node} is gone since the plan was made", written.describe())
+            written.wiped.append(node)
             _check(runner(["wipefs", "-a", "-q", node], timeout_s=60), f"wipefs {node}", written)
 
 
