@@ -1,6 +1,7 @@
 """An OBDR tape image from `compose-initrd obdr`: its second file is the very ISO the ISO
-verb writes, that ISO boots as a CD-ROM (what an OBDR drive shows the BIOS), and its data
-file reads back through the boot side's tape reader into the tree that was saved."""
+verb writes (with data behind it, with `obdr` added to the entries), that ISO boots as a
+CD-ROM (what an OBDR drive shows the BIOS) and looks for its tape, and its data file reads
+back through the boot side's tape reader into the tree that was saved."""
 
 from __future__ import annotations
 
@@ -44,8 +45,11 @@ def media(
     os.symlink("etc/fstab", data / "fstab.link")
     with build_env(build_cache, EPOCH):
         initrd = ["--initrd", str(all_nics_image.path), *MENU]
-        assert cli.main(["obdr", *initrd, "--data", str(data), "-o", str(tmp / "tape")]) == 0
-        assert cli.main(["iso", *initrd, "-o", str(tmp / "rescue.iso")]) == 0
+        # a short wait for the tape the CD-ROM boot below has no drive for
+        tape_args = [*initrd, "--append", "media_timeout=5", "--data", str(data), "-o", str(tmp / "tape")]
+        assert cli.main(["obdr", *tape_args]) == 0
+        iso_args = [*initrd, "--append", "media_timeout=5 obdr", "-o", str(tmp / "rescue.iso")]
+        assert cli.main(["iso", *iso_args]) == 0
     return {"tape": tmp / "tape", "iso": tmp / "rescue.iso", "data": data, "tmp": tmp}
 
 
@@ -87,8 +91,11 @@ def test_data_file_reads_back_identical(media: dict[str, Path]) -> None:
 def test_iso_from_the_tape_boots_as_a_cdrom(media: dict[str, Path]) -> None:
     with TapeImageDir.open(media["tape"]) as tape:
         iso = tape.file_path(1)
-    report = report_of(qemu_boot.boot_firmware([*cdrom(iso), *E1000], timeout=90))
+    result = qemu_boot.boot_firmware([*cdrom(iso), *E1000], timeout=90)
+    report = report_of(result)
     blockdevs = report["blockdevs"]
     assert isinstance(blockdevs, list)
     cdroms = [b for b in blockdevs if b["type"] == "cdrom"]
     assert [b["size_bytes"] for b in cdroms] == [iso.stat().st_size]
+    # `obdr` from the entries: the tape was looked for, and this machine has no drive
+    assert any("no tape drive after 5 s" in line for line in result.lines), "\n".join(result.lines[-30:])
