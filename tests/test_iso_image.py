@@ -206,6 +206,24 @@ def test_data_larger_than_the_medium_is_refused_before_writing(
     _nothing_left(out_dir)
 
 
+@pytest.mark.parametrize("verb", ["iso", "obdr"])
+def test_an_unfinished_restore_set_is_refused_before_writing(
+    all_nics_image: BuiltImage, build_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    verb: str,
+) -> None:
+    data = tmp_path / "data"
+    (data / "web01").mkdir(parents=True)
+    (data / "web01" / "layout.json").write_text("{}\n")  # a capture stopped before its manifest
+    out = tmp_path / ("r.iso" if verb == "iso" else "tape")
+    with build_env(build_cache, EPOCH):
+        status = cli.main([verb, "--initrd", str(all_nics_image.path), "--data", str(data), "-o", str(out)])
+    assert status == 1
+    err = _error(capsys)
+    assert err[0] == (f"compose-initrd: error: --data {data}: the restore set in {data / 'web01'} has no "
+                      "manifest.json (its capture did not finish)"), err
+    assert not out.exists()
+
+
 def test_missing_loader_file_names_its_package(
     all_nics_image: BuiltImage, build_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

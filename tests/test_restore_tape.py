@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from initrd_composer.boot.tape import TapeImageDir
+from tests.disk_trees import sparse_sha256
 from tests.image_fixtures import BuiltImage, compose
 from tests.restore_fixtures import (
     AHCI_PORT1,
@@ -63,13 +66,23 @@ def set_tape(
     return layout / "file-001.bin", tape
 
 
-def test_nuke_from_an_obdr_tape_onto_a_sata_disk(set_tape: tuple[Path, Path], tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class TapeRestore:
+    disk: Path
+    lines: list[str]
+    report: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def tape_restored(set_tape: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> TapeRestore:
+    """nuke from the tape, the tape's ISO booted from a CD drive, onto an AHCI disk."""
     iso, written = set_tape
-    tape = tmp_path / "tape.img"
+    base = tmp_path_factory.mktemp("tape-restore")
+    tape = base / "tape.img"
     shutil.copyfile(written, tape)  # tgt opens its tape read-write
-    disk = blank_disk(tmp_path / "sata.img", 8 * GIB)
+    disk = blank_disk(base / "sata.img", 8 * GIB)
     with tape_target.TapeTarget([tape_target.TapeLun(tape)], name="restore",
-                                log_path=tmp_path / "tgtd.log") as target:  # fmt: skip
+                                log_path=base / "tgtd.log") as target:  # fmt: skip
         result = qemu_boot.boot_firmware(
             [*cdrom(iso), "-drive", f"file={disk},format=raw,if=none,id=d0", *AHCI_PORT1,
              *target.qemu_args()],
@@ -80,7 +93,11 @@ def test_nuke_from_an_obdr_tape_onto_a_sata_disk(set_tape: tuple[Path, Path], tm
     lines = list(result.lines)
     tail = "\n".join(lines[-80:])
     assert result.reason == "matched" and any("stage: restore ok" in line for line in lines), tail
-    report = last_report(lines)
+    return TapeRestore(disk, lines, last_report(lines))
+
+
+def test_nuke_from_an_obdr_tape_onto_a_sata_disk(tape_restored: TapeRestore) -> None:
+    report, disk = tape_restored.report, tape_restored.disk
     media = report["media"]
     assert media["kind"] == "tape" and media["source"].startswith("/dev/nst"), media
     data = media["data"]
@@ -92,3 +109,32 @@ def test_nuke_from_an_obdr_tape_onto_a_sata_disk(set_tape: tuple[Path, Path], tm
     assert [(m["source"], m["target"]) for m in restore["plan"]["mapping"]] == [("vda", "sda")]
     assert restore["failures"] == [] and restore["verified_files"] == restore["files"] > 1000
     boots_to_marker_on(disk, AHCI_PORT1, "/dev/sda3")
+
+
+def test_compare_from_the_tape_reads_only_its_manifest_and_writes_nothing(
+    all_nics_image: BuiltImage, set_tape: tuple[Path, Path], tape_restored: TapeRestore, tmp_path: Path
+) -> None:
+    """`compare` with the set on the tape (`tapedev=`): the restored disk matches the set but
+    for what the restore's own fix-ups changed, and its bytes stay as they were."""
+    _iso, written = set_tape
+    tape = tmp_path / "tape.img"
+    shutil.copyfile(written, tape)
+    disk = tmp_path / "restored.img"
+    shutil.copyfile(tape_restored.disk, disk)
+    before = sparse_sha256(disk)
+    append = "console=ttyS0 compare tapedev=/dev/nst0 restore_then=poweroff media_timeout=60"
+    with tape_target.TapeTarget([tape_target.TapeLun(tape)], name="compare",
+                                log_path=tmp_path / "tgtd.log") as target:  # fmt: skip
+        devices = ["-drive", f"file={disk},format=raw,if=none,id=d0", *AHCI_PORT1, *target.qemu_args()]
+        result = qemu_boot.boot(Path(f"/boot/vmlinuz-{all_nics_image.version}"), all_nics_image.path,
+                                append, devices, timeout=RESTORE_TIMEOUT_S, until='"compare":{',
+                                memory_mb=1536)  # fmt: skip
+    lines = list(result.lines)
+    assert result.reason == "matched", "\n".join(lines[-80:])
+    compare = last_report(lines)["compare"]
+    assert sparse_sha256(disk) == before, "compare wrote to the disk"
+    assert compare["ok"] and compare["set"].startswith("/dev/nst0 file 2"), compare
+    fixups = set(tape_restored.report["restore"]["fixups"]["changed"])
+    differing = {c["path"] for c in compare["changed"]} | set(compare["missing"]) | set(compare["extra"])
+    assert differing - fixups - {"/", "/boot"} == set(), (differing - fixups, compare["changed"])
+    assert compare["files_compared"] == tape_restored.report["restore"]["files"]

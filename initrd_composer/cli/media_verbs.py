@@ -54,7 +54,22 @@ def _data_dir(args: argparse.Namespace) -> Path | None:
     data: Path | None = args.data
     if data is not None and not data.is_dir():
         raise ComposeError(f"--data {data}: not a directory", "give the directory of restore data")
+    if data is not None:
+        _refuse_unfinished_sets(data)
     return data
+
+
+def _refuse_unfinished_sets(data: Path) -> None:
+    """A restore set the capture did not finish (its layout there, its manifest, written last,
+    not) would be refused by every restore: not worth a disc or a tape."""
+    from initrd_composer.boot.restore_set.layout import LAYOUT_NAME  # noqa: PLC0415
+    from initrd_composer.boot.restore_set.manifest import MANIFEST_NAME  # noqa: PLC0415
+
+    for where in [data, *sorted(p for p in data.iterdir() if p.is_dir())]:
+        if (where / LAYOUT_NAME).is_file() and not (where / MANIFEST_NAME).is_file():
+            raise ComposeError(f"--data {data}: the restore set in {where} has no {MANIFEST_NAME} "
+                               "(its capture did not finish)",
+                               "capture the machine again into that directory")  # fmt: skip
 
 
 _ON_OFF = {True: "on", False: "off", None: "as the drive had it"}
