@@ -134,10 +134,25 @@ class TapeSet:
     def shown(self) -> str:
         return f"{self.device} file {DATA_FILE}" + (f" ({self.prefix.rstrip('/')})" if self.prefix else "")
 
+    def _in_set(self, member: str) -> str | None:
+        """The set's name for a file of the data ("NAME/manifest.json" -> "manifest.json"),
+        None for one outside the set."""
+        if not member.startswith(self.prefix) or "/" in member[len(self.prefix):]:
+            return None
+        return member[len(self.prefix):]
+
     def _sizes(self) -> dict[str, int]:
-        n = len(self.prefix)
-        return {name[n:]: size for name, size in self.index.files
-                if name.startswith(self.prefix) and "/" not in name[n:]}  # fmt: skip
+        return {name: size for member, size in self.index.files if (name := self._in_set(member)) is not None}
+
+    def _keep(self, info: tarfile.TarInfo, name: str | None) -> bool:
+        """Keep the file the tar is at when it is one of the set's small files; False (nothing
+        read) when it is not."""
+        if name is None or not info.isfile() or info.size > CACHE_MAX or self._cursor is None:
+            return False
+        handle = self._cursor.tar.extractfile(info)
+        if handle is not None:
+            self._cache[name] = handle.read()
+        return True
 
     def _size(self, name: str) -> int:
         size = self._sizes().get(name)
@@ -170,17 +185,11 @@ class TapeSet:
         """Keep the small files right after the one read (the layout after the manifest),
         up to the first larger one, whose header is all that is read of it."""
         assert self._cursor is not None
-        n = len(self.prefix)
         while (info := self._cursor.tar.next()) is not None:
             member = _clean(info.name)
             self._cursor.passed.add(member)
-            name = member[n:]
-            small = info.isfile() and info.size <= CACHE_MAX
-            if not member.startswith(self.prefix) or "/" in name or not small:
+            if not self._keep(info, self._in_set(member)):
                 return
-            handle = self._cursor.tar.extractfile(info)
-            if handle is not None:
-                self._cache[name] = handle.read()
 
     def missing(self, names: list[str]) -> list[str]:
         sizes = self._sizes()
@@ -215,7 +224,6 @@ class TapeSet:
             self.release()
             self._cursor = _Cursor(self.open_tape() if self.open_tape else DeviceTape(self.device))
         cursor = self._cursor
-        small = {self.prefix + n for n, size in self._sizes().items() if size <= CACHE_MAX}
         try:
             while (info := cursor.tar.next()) is not None:
                 member = _clean(info.name)
@@ -225,10 +233,9 @@ class TapeSet:
                     if not isinstance(stream, io.BufferedReader):  # tarfile's ExFileObject is one
                         break
                     return stream
-                if member in small and info.isfile() and member[len(self.prefix):] not in self._cache:
-                    handle = cursor.tar.extractfile(info)
-                    if handle is not None:
-                        self._cache[member[len(self.prefix):]] = handle.read()
+                name_in_set = self._in_set(member)
+                if name_in_set not in self._cache:
+                    self._keep(info, name_in_set)
         except tarfile.TarError as exc:
             self.release()
             why = f"{self.shown}: the tape's tar is damaged before {name} ({exc})"
